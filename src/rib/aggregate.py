@@ -1,0 +1,124 @@
+"""From per-cell JSON files to the benchmark's tables.
+
+* ``cells.csv``: the long-format table, one row per cell of the grid (pretrained cells included).
+* ``metrics.csv``: one row per fine-tuned cell with A_pre, A_ft and RI, and the cell's role
+  (``source``: the pretraining domain, ``finetune``: the held-out part of D_ft, ``ood``: D minus D_ft).
+* ``summary.csv`` / ``summary.md``: one row per (model, method, D_ft): source-domain accuracy
+  before/after, D_ft accuracy before/after, average OOD accuracy before/after, and mRI.
+* ``summary_by_method.csv``: the same averaged over D_ft, one row per (model, method).
+
+Tables give accuracies in percent.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from . import grid, metrics
+from .io import atomic_path, read_json
+
+SUMMARY_COLUMNS = ["source_pre", "source_ft", "finetune_pre", "finetune_ft", "ood_pre", "ood_ft", "mri"]
+
+
+def collect(params: dict, root: str | os.PathLike = ".") -> pd.DataFrame:
+    """Read every cell of the grid; a missing or malformed cell file is an error naming it."""
+    root = Path(root)
+    suite = params["suite"]
+    source = params["grid"]["source"]
+    rows = []
+    for cell in grid.cells(params):
+        path = root / cell.path(suite)
+        rec = read_json(path)
+        for key in ("top1", "subset", "n", "subsets"):
+            if key not in rec:
+                raise ValueError(f"{path}: cell record has no {key!r}")
+        held = rec["subsets"].get("heldout", {})
+        rows.append({
+            "suite": suite, "model": cell.model, "method": cell.method,
+            "finetune_dataset": cell.finetune_dataset or "", "eval_dataset": cell.eval_dataset,
+            "role": "source" if cell.eval_dataset == source else (
+                "finetune" if cell.eval_dataset == cell.finetune_dataset else "ood"),
+            "subset": rec["subset"], "n": rec["n"], "top1": rec["top1"],
+            "heldout_top1": held.get("top1", float("nan")), "scoring": rec.get("scoring", ""),
+            "file": cell.path(suite),
+        })
+    return pd.DataFrame(rows)
+
+
+def metrics_table(cells: pd.DataFrame) -> pd.DataFrame:
+    """Join every fine-tuned cell with its pretrained counterpart: A_pre, A_ft and RI in percent."""
+    pre = cells[cells.method == grid.PRETRAINED].set_index(["model", "eval_dataset"])
+    ft = cells[cells.method != grid.PRETRAINED]
+    out = []
+    for r in ft.itertuples(index=False):
+        p = pre.loc[(r.model, r.eval_dataset)]
+        a_pre = p.heldout_top1 if r.role == "finetune" else p.top1
+        out.append({"model": r.model, "method": r.method, "finetune_dataset": r.finetune_dataset,
+                    "eval_dataset": r.eval_dataset, "role": r.role,
+                    "acc_pre": 100 * a_pre, "acc_ft": 100 * r.top1,
+                    "ri": 100 * metrics.robustness_improvement(r.top1, a_pre)})
+    return pd.DataFrame(out)
+
+
+def summary_table(table: pd.DataFrame) -> pd.DataFrame:
+    out = []
+    for (model, method, dft), g in table.groupby(["model", "method", "finetune_dataset"], sort=False):
+        ood = g[g.role == "ood"]
+        pre = dict(zip(ood.eval_dataset, ood.acc_pre))
+        ft = dict(zip(ood.eval_dataset, ood.acc_ft))
+        names = list(ood.eval_dataset)
+        src, own = g[g.role == "source"].iloc[0], g[g.role == "finetune"].iloc[0]
+        mri = metrics.mean_robustness_improvement(ft, pre, names)
+        out.append({"model": model, "method": method, "finetune_dataset": dft,
+                    "source_pre": src.acc_pre, "source_ft": src.acc_ft,
+                    "finetune_pre": own.acc_pre, "finetune_ft": own.acc_ft,
+                    "ood_pre": metrics.average_accuracy(pre, names),
+                    "ood_ft": metrics.average_ood_after(ft, pre, names),
+                    "mri": mri, "n_ood": len(names)})
+    return pd.DataFrame(out)
+
+
+def method_summary(summary: pd.DataFrame) -> pd.DataFrame:
+    grouped = summary.groupby(["model", "method"], sort=False)
+    out = grouped[SUMMARY_COLUMNS].mean().reset_index()
+    out.insert(2, "n_finetune_datasets", grouped.size().values)
+    return out
+
+
+def to_markdown(df: pd.DataFrame, digits: int = 2) -> str:
+    """A GitHub-flavoured Markdown table (no extra dependency)."""
+    def fmt(v):
+        return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+    head = "| " + " | ".join(df.columns) + " |"
+    rule = "|" + "|".join("---:" if pd.api.types.is_numeric_dtype(df[c]) else "---" for c in df.columns) + "|"
+    body = ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([head, rule, *body]) + "\n"
+
+
+def write_csv(df: pd.DataFrame, path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.4f")
+
+
+def write_tables(params: dict, out_paths: dict[str, str], root: str | os.PathLike = ".") -> dict[str, pd.DataFrame]:
+    cells = collect(params, root)
+    table = metrics_table(cells)
+    summary = summary_table(table)
+    by_method = method_summary(summary)
+    write_csv(cells, out_paths["cells"])
+    write_csv(table, out_paths["metrics"])
+    write_csv(summary, out_paths["summary"])
+    write_csv(by_method, out_paths["methods_summary"])
+    md = (f"# ImageNet-RIB results: suite {params['suite']}\n\n"
+          "Accuracies in %. `ood_*`: average over D minus D_ft; `mri` = mean robustness improvement; "
+          "`finetune_*`: held-out part of D_ft; `source_*`: pretraining domain.\n\n"
+          "## Per pretrained model and method (mean over fine-tuning datasets)\n\n"
+          + to_markdown(by_method) +
+          "\n## Per fine-tuning dataset\n\n" + to_markdown(summary.drop(columns=["n_ood"])))
+    with atomic_path(out_paths["summary_md"]) as tmp:
+        tmp.write_text(md)
+    return {"cells": cells, "metrics": table, "summary": summary, "methods_summary": by_method}

@@ -1,0 +1,1 @@
+"""Datasets: suites, on-disk layouts, manifests and held-out splits, label spaces, loading."""

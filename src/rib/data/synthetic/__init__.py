@@ -1,0 +1,1 @@
+"""The embedded synthetic suite ``rib-mini`` (shapes, styles, corruptions, generation)."""

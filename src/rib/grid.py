@@ -1,0 +1,85 @@
+"""The benchmark grid and where each of its artefacts lives.
+
+The path patterns here are the single definition of the pipeline's file layout: the Snakefile uses
+them as rule patterns, ``rib`` uses them to find inputs, and dvc.yaml spells the same paths (a
+test checks the two front doors agree). A *cell* is (suite, model, method, D_ft, eval dataset);
+the pretrained model's cells use method ``pretrained`` and no D_ft, and are shared by all methods.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+PRETRAINED = "pretrained"
+
+PATTERNS = {
+    "raw": "data/{suite}/raw/{dataset}",
+    "prepared": "data/{suite}/prepared/{dataset}",
+    "pretrained": "models/{suite}/{model}/pretrained.pt",
+    "pretrain_state": "models/{suite}/{model}/state.pt",
+    "finetuned": "checkpoints/{suite}/{model}/{method}/{dataset}/model.pt",
+    "finetune_state": "checkpoints/{suite}/{model}/{method}/{dataset}/state.pt",
+    "pretrained_cell": "results/{suite}/{model}/pretrained/{eval}.json",
+    "finetuned_cell": "results/{suite}/{model}/{method}/{dataset}/{eval}.json",
+    "cells": "reports/{suite}/cells.csv",
+    "metrics": "reports/{suite}/metrics.csv",
+    "summary": "reports/{suite}/summary.csv",
+    "summary_md": "reports/{suite}/summary.md",
+    "methods_summary": "reports/{suite}/summary_by_method.csv",
+    "radar": "reports/{suite}/figures/radar.png",
+    "bar": "reports/{suite}/figures/bar.png",
+}
+
+
+def path(kind: str, **fields) -> str:
+    return PATTERNS[kind].format(**fields)
+
+
+@dataclass(frozen=True)
+class Cell:
+    model: str
+    method: str
+    finetune_dataset: str | None
+    eval_dataset: str
+
+    def path(self, suite: str) -> str:
+        if self.method == PRETRAINED:
+            return path("pretrained_cell", suite=suite, model=self.model, eval=self.eval_dataset)
+        return path("finetuned_cell", suite=suite, model=self.model, method=self.method,
+                    dataset=self.finetune_dataset, eval=self.eval_dataset)
+
+
+def eval_datasets(params: dict) -> list[str]:
+    """Every checkpoint is evaluated on the source domain and on every dataset of D."""
+    return [params["grid"]["source"], *params["grid"]["datasets"]]
+
+
+def finetune_jobs(params: dict) -> Iterator[tuple[str, str, str]]:
+    g = params["grid"]
+    for model in g["models"]:
+        for method in g["methods"]:
+            for dataset in g["datasets"]:
+                yield model, method, dataset
+
+
+def cells(params: dict) -> Iterator[Cell]:
+    evals = eval_datasets(params)
+    for model in params["grid"]["models"]:
+        for ev in evals:
+            yield Cell(model, PRETRAINED, None, ev)
+    for model, method, dataset in finetune_jobs(params):
+        for ev in evals:
+            yield Cell(model, method, dataset, ev)
+
+
+def datasets_to_prepare(params: dict) -> list[str]:
+    """The source set, D, and (for pipeline-pretrained models) their corpora."""
+    from .models.registry import get_model
+
+    names = eval_datasets(params)
+    for model in params["grid"]["models"]:
+        corpus = get_model(model, params).pretrain_corpus
+        if corpus and corpus not in names:
+            names.append(corpus)
+    return names

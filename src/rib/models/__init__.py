@@ -1,0 +1,1 @@
+"""Models: the registry of names (registry) and building, saving and loading networks (network)."""

@@ -1,0 +1,86 @@
+"""Shared fixtures: the default and tiny configurations, a generated tiny suite, a rib runner."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_PARAMS = REPO / "tests" / "tiny-params.yaml"
+
+
+def load_yaml(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+@pytest.fixture
+def default_params() -> dict:
+    return load_yaml(REPO / "params.yaml")
+
+
+@pytest.fixture
+def tiny_params() -> dict:
+    return copy.deepcopy(load_yaml(TINY_PARAMS))
+
+
+def rib_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def run_rib(*args: str, cwd: Path, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "rib", *args], cwd=cwd, env=rib_env(), text=True,
+                          capture_output=True, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"rib {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def tiny_suite(tmp_path_factory) -> tuple[Path, dict]:
+    """The tiny configuration's datasets, generated and prepared once per session (in-process)."""
+    from rib import grid
+    from rib.data.manifest import prepare
+    from rib.data.suites import get_suite
+    from rib.data.synthetic.generate import generate
+
+    root = tmp_path_factory.mktemp("tiny-suite")
+    params = load_yaml(TINY_PARAMS)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    suite = get_suite(params)
+    cwd = os.getcwd()
+    os.chdir(root)  # prepared folders record the dataset root relative to the working folder
+    try:
+        for name in grid.datasets_to_prepare(params):
+            raw = grid.path("raw", suite=suite.name, dataset=name)
+            generate(params, name, raw, show_progress=False)
+            prepare(suite.dataset(name), raw, grid.path("prepared", suite=suite.name, dataset=name),
+                    fraction=params["split"]["heldout_fraction"], seed=params["split"]["seed"], show_progress=False)
+    finally:
+        os.chdir(cwd)
+    return root, params
+
+
+@pytest.fixture(scope="session")
+def tiny_pretrained(tiny_suite) -> Path:
+    """A pretrained mini_resnet.narrow checkpoint of the tiny configuration (in-process `rib pretrain`)."""
+    from rib.cli import main
+
+    root, _ = tiny_suite
+    out = root / "models" / "rib-mini" / "mini_resnet.narrow" / "pretrained.pt"
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        assert main(["pretrain", "mini_resnet.narrow", "--data", "data/rib-mini/prepared/narrow",
+                     "--out", str(out), "-q"]) == 0
+    finally:
+        os.chdir(cwd)
+    return out

@@ -1,0 +1,162 @@
+"""params.yaml validation: every mistake is one line naming the file and the key."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rib.config import ConfigError, load, validate
+from tests.conftest import REPO, run_rib
+
+
+def error_of(params: dict) -> str:
+    with pytest.raises(ConfigError) as info:
+        validate(params, source="params.yaml")
+    message = str(info.value)
+    assert "\n" not in message, message
+    assert message.startswith("params.yaml: "), message
+    return message
+
+
+def test_default_and_tiny_params_are_valid(default_params, tiny_params):
+    assert validate(default_params) is default_params
+    assert validate(tiny_params) is tiny_params
+
+
+def test_default_grid_is_the_issue_grid(default_params):
+    g = default_params["grid"]
+    assert g["datasets"] == ["v2", "a", "r", "sketch", "objectnet", "cartoon", "drawing", "c"]
+    assert set(g["methods"]) == {"ft", "lp"}
+    # both pretraining corpora for each architecture (a CNN and a ViT)
+    assert set(g["models"]) == {f"{a}.{c}" for a in ("mini_resnet", "mini_vit") for c in ("narrow", "diverse")}
+
+
+def test_unknown_top_level_key(default_params):
+    default_params["trian"] = {}
+    assert error_of(default_params) == "params.yaml: trian: unknown key; did you mean 'train'?"
+
+
+def test_unknown_nested_key(default_params):
+    default_params["train"]["learning_rate"] = 0.1
+    msg = error_of(default_params)
+    assert msg.startswith("params.yaml: train.learning_rate: unknown key")
+
+
+def test_unknown_key_in_a_method(default_params):
+    default_params["methods"]["lp"]["lrr"] = 0.1
+    assert "methods.lp.lrr: unknown key" in error_of(default_params)
+
+
+def test_wrong_type(default_params):
+    default_params["train"]["lr"] = "fast"
+    assert error_of(default_params) == "params.yaml: train.lr: expected a number, got a string 'fast'"
+
+
+def test_out_of_range(default_params):
+    default_params["split"]["heldout_fraction"] = 1.5
+    assert error_of(default_params) == "params.yaml: split.heldout_fraction: expected a value less than 1, got 1.5"
+
+
+def test_missing_key(default_params):
+    del default_params["evaluate"]["scoring"]
+    assert error_of(default_params) == "params.yaml: evaluate.scoring: missing required key"
+
+
+def test_enum(default_params):
+    default_params["evaluate"]["scoring"] = "top5"
+    assert error_of(default_params).startswith("params.yaml: evaluate.scoring: 'top5' is not one of")
+
+
+def test_unknown_model_suggests_close_name(default_params):
+    default_params["grid"]["models"][1] = "mini_resnt.diverse"
+    assert error_of(default_params) == ("params.yaml: grid.models[1]: unknown model 'mini_resnt.diverse'; "
+                                        "did you mean 'mini_resnet.diverse'?")
+
+
+def test_unknown_method(default_params):
+    default_params["grid"]["methods"] = ["ft", "lora"]
+    assert error_of(default_params).startswith("params.yaml: grid.methods[1]: unknown method 'lora'")
+
+
+def test_unknown_dataset(default_params):
+    default_params["grid"]["datasets"].append("imagenet-x")
+    assert error_of(default_params).startswith("params.yaml: grid.datasets[8]: unknown dataset 'imagenet-x'")
+
+
+def test_unknown_suite(default_params):
+    default_params["suite"] = "rib-maxi"
+    assert error_of(default_params).startswith("params.yaml: suite: unknown suite 'rib-maxi'")
+
+
+def test_empty_grid(default_params):
+    default_params["grid"]["methods"] = []
+    assert error_of(default_params) == "params.yaml: grid.methods: must not be empty"
+
+
+def test_model_not_pretrained_by_configuration(default_params):
+    default_params["pretrain"]["corpora"] = ["narrow"]
+    assert "grid.models[1]: 'mini_resnet.diverse' is not pretrained" in error_of(default_params)
+
+
+def test_method_in_grid_needs_settings(default_params):
+    del default_params["methods"]["lp"]
+    assert "grid.methods[1]: method 'lp' has no entry under 'methods'" in error_of(default_params)
+
+
+def test_focus_dataset_must_be_in_grid(default_params):
+    default_params["report"]["focus_dataset"] = "source"
+    assert error_of(default_params) == "params.yaml: report.focus_dataset: 'source' is not in grid.datasets"
+
+
+def test_load_reports_yaml_syntax_and_missing_file(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("suite: rib-mini\ngrid: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"params.yaml: not valid YAML at line \d+"):
+        load(bad)
+    with pytest.raises(ConfigError, match="missing.yaml: file not found"):
+        load(tmp_path / "missing.yaml")
+
+
+def test_cli_prints_one_line_error_and_exits_2(tmp_path, default_params):
+    default_params["runtime"]["threads"] = 0
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(default_params))
+    proc = run_rib("validate", cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("rib: error: params.yaml: runtime.threads: expected a value at least 1, got 0")
+
+
+def test_schema_file_is_the_one_the_package_reads():
+    from rib.config import SCHEMA_PATH
+
+    assert SCHEMA_PATH.read_text() == (REPO / "workflow" / "schemas" / "params.schema.yaml").read_text()
+
+
+# Property-based: any single corruption of a valid configuration is either still valid or gives one
+# line that names a key path that exists in the corrupted configuration (or the top level).
+LEAVES = [("seed",), ("train", "lr"), ("train", "epochs"), ("train", "precision"), ("split", "heldout_fraction"),
+          ("evaluate", "batch_size"), ("runtime", "preload"), ("synthetic", "num_classes"), ("grid", "models"),
+          ("pretrain", "epochs", "narrow"), ("report", "focus_method")]
+VALUES = st.one_of(st.none(), st.booleans(), st.integers(-5, 50), st.floats(-2, 2, allow_nan=False),
+                   st.text(max_size=6), st.lists(st.text(max_size=4), max_size=2))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(leaf=st.sampled_from(LEAVES), value=VALUES)
+def test_any_bad_value_gives_one_line_naming_its_key(default_params, leaf, value):
+    params = copy.deepcopy(default_params)
+    node = params
+    for part in leaf[:-1]:
+        node = node[part]
+    node[leaf[-1]] = value
+    try:
+        validate(params, source="params.yaml")
+    except ConfigError as err:
+        message = str(err)
+        assert "\n" not in message
+        assert message.startswith("params.yaml: ")
+        named = message.split(": ")[1]
+        assert named.split(".")[0].split("[")[0] in set(params) | {"(top level)"}, message

@@ -1,0 +1,45 @@
+"""Packaging promises: pins agree everywhere, README opens with the two commands, CI runs them."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+
+import yaml
+
+from tests.conftest import REPO
+
+
+def _pins(lines) -> dict[str, str]:
+    out = {}
+    for line in lines:
+        name, _, version = line.partition("==")
+        assert version, f"not an exact pin: {line!r}"
+        out[name.strip().lower().replace("_", "-")] = version.strip()
+    return out
+
+
+def test_conda_environment_pins_match_pyproject():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    env = yaml.safe_load((REPO / "workflow" / "envs" / "rib.yaml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    assert _pins(project["dependencies"]) == _pins(pip)
+    assert _pins(project["dependencies"])["torch"] == "2.14.1"
+    assert _pins(project["dependencies"])["torchvision"] == "0.29.1"
+    python = next(d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python="))
+    assert project["requires-python"].startswith(">=" + python.split("=")[1])
+
+
+def test_readme_opens_with_the_two_commands():
+    text = (REPO / "README.md").read_text()
+    first_block = re.search(r"```(?:sh|bash)?\n(.*?)```", text, re.S).group(1)
+    commands = [line.split("#")[0].strip() for line in first_block.splitlines() if line.strip()]
+    assert commands == ["make run", "make test"]
+    makefile = (REPO / "Makefile").read_text()
+    assert re.search(r"^run: install.*\n\t\$\(BIN\)/snakemake --cores all$", makefile, re.M)
+    assert re.search(r"^test: install.*\n\t\$\(BIN\)/python -m pytest$", makefile, re.M)
+
+
+def test_ci_runs_the_readme_test_command():
+    script = (REPO / ".ci" / "run").read_text()
+    assert "make test" in script

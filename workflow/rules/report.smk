@@ -1,0 +1,39 @@
+# Aggregation: cells -> long-format table, metrics and summaries -> the paper's figures.
+
+localrules:
+    aggregate,
+    figures,
+
+
+rule aggregate:
+    input:
+        [cell.path(SUITE.name) for cell in rib_grid.cells(PARAMS)],
+    output:
+        cells=PAT["cells"],
+        metrics=PAT["metrics"],
+        summary=PAT["summary"],
+        summary_md=PAT["summary_md"],
+        methods_summary=PAT["methods_summary"],
+    log:
+        f"{LOGS}/aggregate.log",
+    conda:
+        CONDA_ENV
+    shell:
+        "{RIB} aggregate > {log} 2>&1"
+
+
+rule figures:
+    input:
+        metrics=PAT["metrics"],
+        summary=PAT["summary"],
+    output:
+        radar=report(PAT["radar"], caption="../report/radar.rst", category="Figures"),
+        bar=report(PAT["bar"], caption="../report/bar.rst", category="Figures"),
+    log:
+        f"{LOGS}/figures.log",
+    params:
+        report=PARAMS["report"],
+    conda:
+        CONDA_ENV
+    shell:
+        "{RIB} figures > {log} 2>&1"
