@@ -75,6 +75,16 @@ def test_resume_after_stop_gives_the_same_weights(in_suite, tiny_pretrained, tmp
     assert _same(unbroken, resumed)
 
 
+def test_a_final_batch_of_one_image_is_dropped(in_suite, tiny_pretrained, tmp_path):
+    ckpt, data, proj, _, method = _setup(tiny_pretrained, "ft")
+    n = len(data)
+    sched = Schedule(epochs=1, batch_size=n - 1, lr=0.01, momentum=0.9, weight_decay=0.0, warmup_steps=0)
+    history = fit(ckpt.model, method, data, proj, ckpt.preprocessing, sched, seed=0, device=torch.device("cpu"),
+                  state_path=tmp_path / "s.pt", run_fingerprint="x", show_progress=False)
+    assert torch.load(tmp_path / "s.pt", weights_only=True)["step"] == 1
+    assert history[0]["train_top1"] >= 0
+
+
 def test_state_from_other_settings_is_not_resumed(in_suite, tiny_pretrained, tmp_path):
     with pytest.raises(TrainingStopped):
         _fit(tiny_pretrained, "ft", tmp_path / "s.pt", stop=1)

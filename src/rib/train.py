@@ -124,7 +124,11 @@ def fit(model: nn.Module, method: Method, data: ImageDataset | InMemoryDataset, 
         raise ValueError(f"method {method.name!r} left no trainable parameters")
     optimizer = schedule.make_optimizer(params)
     n = len(data)
-    steps_per_epoch = math.ceil(n / schedule.batch_size)
+    if n < 2:
+        raise ValueError(f"{desc}: {n} training image(s); at least 2 are needed")
+    # A final batch of a single image is dropped: batch normalisation cannot train on one sample.
+    used = n - 1 if n % schedule.batch_size == 1 else n
+    steps_per_epoch = math.ceil(used / schedule.batch_size)
     total_steps = steps_per_epoch * schedule.epochs
     run_fp = fingerprint(run=run_fingerprint, schedule=asdict(schedule), method=method.name, n=n)
 
@@ -140,7 +144,7 @@ def fit(model: nn.Module, method: Method, data: ImageDataset | InMemoryDataset, 
     for epoch in range(start_epoch, schedule.epochs):
         t0 = time.time()
         method.train_mode(model)
-        order = epoch_order(n, seed, epoch)
+        order = epoch_order(n, seed, epoch)[:used]
         loss_sum, correct, seen = 0.0, 0, 0
         bar = progress(batches(data, order, schedule.batch_size, workers, pin_memory=device.type == "cuda"),
                        desc=f"{desc} epoch {epoch + 1}/{schedule.epochs}", unit="batch", total=steps_per_epoch,

@@ -137,9 +137,8 @@ def blobs(rng: np.random.Generator, size: int, grid: int, sat: tuple[float, floa
         hsv(base + rng.uniform(-0.5, 0.5) * hue_spread, rng.uniform(*sat), rng.uniform(*val))
         for _ in range(grid * grid)
     ]).reshape(grid, grid, 3)
-    zoom = size / grid
-    out = ndimage.zoom(cells, (zoom, zoom, 1), order=3, mode="nearest", grid_mode=True)
-    return out[:size, :size].clip(0, 1).astype(np.float32)
+    small = Image.fromarray((cells * 255 + 0.5).astype(np.uint8))
+    return np.asarray(small.resize((size, size), Image.Resampling.BICUBIC), np.float32) / 255.0
 
 
 def stripes(size: int, angle: float, period: float, c1: np.ndarray, c2: np.ndarray,
