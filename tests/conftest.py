@@ -69,6 +69,16 @@ def tiny_suite(tmp_path_factory) -> tuple[Path, dict]:
     return root, params
 
 
+@pytest.fixture
+def in_tiny_suite(tiny_suite):
+    """Run the test inside the tiny suite's folder (prepared datasets name their root relative to it)."""
+    root, params = tiny_suite
+    cwd = os.getcwd()
+    os.chdir(root)
+    yield root, params
+    os.chdir(cwd)
+
+
 @pytest.fixture(scope="session")
 def tiny_pretrained(tiny_suite) -> Path:
     """A pretrained mini_resnet.narrow checkpoint of the tiny configuration (in-process `rib pretrain`)."""

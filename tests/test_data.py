@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections import Counter, defaultdict
 
@@ -13,15 +12,6 @@ from rib.data.labels import LabelProjection
 from rib.data.layouts import LayoutError
 from rib.data.manifest import DataError, load_prepared, prepare, split_parts
 from rib.data.suites import DatasetClass, get_suite
-
-
-@pytest.fixture
-def in_suite_dir(tiny_suite):
-    root, params = tiny_suite
-    cwd = os.getcwd()
-    os.chdir(root)
-    yield root, params
-    os.chdir(cwd)
 
 
 def test_split_is_stratified_deterministic_and_disjoint():
@@ -51,8 +41,8 @@ def test_split_leaves_both_sides_non_empty():
     assert Counter(parts) == {"heldout": 2, "finetune": 2}
 
 
-def test_prepared_folders(in_suite_dir):
-    root, params = in_suite_dir
+def test_prepared_folders(in_tiny_suite):
+    root, params = in_tiny_suite
     c = load_prepared("data/rib-mini/prepared/c")
     n_base = params["synthetic"]["num_classes"] * params["synthetic"]["images_per_class"]["c"]
     assert len(c.rows) == n_base * 75
@@ -68,7 +58,7 @@ def test_prepared_folders(in_suite_dir):
         assert sketch.classes[row.label].folder == row.folder == row.path.split("/")[0]
 
 
-def test_manifest_digest_is_checked(in_suite_dir, tmp_path):
+def test_manifest_digest_is_checked(in_tiny_suite, tmp_path):
     copy = tmp_path / "sketch"
     shutil.copytree("data/rib-mini/prepared/sketch", copy)
     with open(copy / "manifest.csv", "a") as fh:
@@ -83,8 +73,8 @@ def _copy_raw(name: str, tmp_path):
     return dst
 
 
-def test_missing_empty_and_unexpected_class_folders(in_suite_dir, tmp_path):
-    root, params = in_suite_dir
+def test_missing_empty_and_unexpected_class_folders(in_tiny_suite, tmp_path):
+    root, params = in_tiny_suite
     spec = get_suite(params).dataset("sketch")
     raw = _copy_raw("sketch", tmp_path)
     first = sorted(p for p in raw.iterdir())[0]
@@ -104,8 +94,8 @@ def test_missing_empty_and_unexpected_class_folders(in_suite_dir, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_corrupt_image_is_named_and_nothing_is_written(in_suite_dir, tmp_path):
-    root, params = in_suite_dir
+def test_corrupt_image_is_named_and_nothing_is_written(in_tiny_suite, tmp_path):
+    root, params = in_tiny_suite
     raw = _copy_raw("sketch", tmp_path)
     victim = sorted(raw.rglob("*.png"))[3]
     victim.write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")

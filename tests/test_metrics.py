@@ -8,10 +8,15 @@ import pandas as pd
 import pytest
 
 from rib import aggregate, grid
-from rib.evaluate import summarize
 from rib.data.manifest import Row
-from rib.metrics import (average_accuracy, average_ood_after, corruption_accuracy, mean_robustness_improvement,
-                         robustness_improvement)
+from rib.evaluate import summarize
+from rib.metrics import (
+    average_accuracy,
+    average_ood_after,
+    corruption_accuracy,
+    mean_robustness_improvement,
+    robustness_improvement,
+)
 
 
 def test_corruption_accuracy_is_mean_over_corruptions_of_mean_over_severities():

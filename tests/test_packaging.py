@@ -32,12 +32,12 @@ def test_conda_environment_pins_match_pyproject():
 
 def test_readme_opens_with_the_two_commands():
     text = (REPO / "README.md").read_text()
-    first_block = re.search(r"```(?:sh|bash)?\n(.*?)```", text, re.S).group(1)
+    first_block = re.search(r"```(?:sh|bash)?\n(.*?)```", text, re.DOTALL).group(1)
     commands = [line.split("#")[0].strip() for line in first_block.splitlines() if line.strip()]
     assert commands == ["make run", "make test"]
     makefile = (REPO / "Makefile").read_text()
-    assert re.search(r"^run: install.*\n\t\$\(BIN\)/snakemake --cores all$", makefile, re.M)
-    assert re.search(r"^test: install.*\n\t\$\(BIN\)/python -m pytest$", makefile, re.M)
+    assert re.search(r"^run: install.*\n\t\$\(BIN\)/snakemake --cores all$", makefile, re.MULTILINE)
+    assert re.search(r"^test: install.*\n\t\$\(BIN\)/python -m pytest$", makefile, re.MULTILINE)
 
 
 def test_ci_runs_the_readme_test_command():

@@ -13,9 +13,9 @@ from PIL import Image
 
 from rib.data.suites import get_suite
 from rib.data.synthetic.corruptions import CORRUPTIONS, SEVERITIES, corrupt
-from rib.data.synthetic.render import STYLES, coverage, Placement
-from rib.data.synthetic.shapes import SHAPES, shape_classes
 from rib.data.synthetic.generate import generate
+from rib.data.synthetic.render import STYLES, Placement, coverage
+from rib.data.synthetic.shapes import SHAPES, shape_classes
 
 
 def tree_digest(root: Path) -> dict[str, str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -24,15 +23,6 @@ from rib.methods import get_method
 from rib.models import network
 from rib.train import Schedule, fit, lr_factor
 from tests.conftest import rib_env
-
-
-@pytest.fixture
-def in_suite(tiny_suite):
-    root, params = tiny_suite
-    cwd = os.getcwd()
-    os.chdir(root)
-    yield root, params
-    os.chdir(cwd)
 
 
 def test_warmup_then_cosine():
@@ -65,7 +55,7 @@ def _same(a: dict, b: dict) -> bool:
 
 
 @pytest.mark.parametrize("method", ["ft", "lp"])
-def test_resume_after_stop_gives_the_same_weights(in_suite, tiny_pretrained, tmp_path, method):
+def test_resume_after_stop_gives_the_same_weights(in_tiny_suite, tiny_pretrained, tmp_path, method):
     unbroken = _fit(tiny_pretrained, method, tmp_path / "a.pt")
     with pytest.raises(TrainingStopped):
         _fit(tiny_pretrained, method, tmp_path / "b.pt", stop=1)
@@ -75,7 +65,7 @@ def test_resume_after_stop_gives_the_same_weights(in_suite, tiny_pretrained, tmp
     assert _same(unbroken, resumed)
 
 
-def test_a_final_batch_of_one_image_is_dropped(in_suite, tiny_pretrained, tmp_path):
+def test_a_final_batch_of_one_image_is_dropped(in_tiny_suite, tiny_pretrained, tmp_path):
     ckpt, data, proj, _, method = _setup(tiny_pretrained, "ft")
     n = len(data)
     sched = Schedule(epochs=1, batch_size=n - 1, lr=0.01, momentum=0.9, weight_decay=0.0, warmup_steps=0)
@@ -85,7 +75,7 @@ def test_a_final_batch_of_one_image_is_dropped(in_suite, tiny_pretrained, tmp_pa
     assert history[0]["train_top1"] >= 0
 
 
-def test_state_from_other_settings_is_not_resumed(in_suite, tiny_pretrained, tmp_path):
+def test_state_from_other_settings_is_not_resumed(in_tiny_suite, tiny_pretrained, tmp_path):
     with pytest.raises(TrainingStopped):
         _fit(tiny_pretrained, "ft", tmp_path / "s.pt", stop=1)
     state = torch.load(tmp_path / "s.pt", weights_only=True)
@@ -95,7 +85,7 @@ def test_state_from_other_settings_is_not_resumed(in_suite, tiny_pretrained, tmp
     assert _same(fresh, _fit(tiny_pretrained, "ft", tmp_path / "s.pt"))
 
 
-def test_linear_probing_changes_only_the_head(in_suite, tiny_pretrained, tmp_path):
+def test_linear_probing_changes_only_the_head(in_tiny_suite, tiny_pretrained, tmp_path):
     before = network.load(tiny_pretrained).model.state_dict()
     after = _fit(tiny_pretrained, "lp", tmp_path / "lp.pt")
     changed = {k for k in before if not torch.equal(before[k], after[k])}
@@ -104,12 +94,12 @@ def test_linear_probing_changes_only_the_head(in_suite, tiny_pretrained, tmp_pat
     assert any(not torch.equal(before[k], full[k]) for k in before if k.startswith("layer1"))
 
 
-def test_finetune_resumes_after_sigkill_with_identical_weights(in_suite, tiny_pretrained, tmp_path):
-    root, _ = in_suite
+def test_finetune_resumes_after_sigkill_with_identical_weights(in_tiny_suite, tiny_pretrained, tmp_path):
+    root, _ = in_tiny_suite
     base = ["finetune", "mini_resnet.narrow", "ft", "c", "--pretrained", str(tiny_pretrained),
             "--data", "data/rib-mini/prepared/c", "-q"]
     epochs = ["--params", str(tmp_path / "params.yaml")]
-    params = json.loads(json.dumps(in_suite[1]))
+    params = json.loads(json.dumps(in_tiny_suite[1]))
     params["train"]["epochs"] = 6
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     ref = tmp_path / "ref" / "model.pt"
@@ -137,7 +127,7 @@ def test_finetune_resumes_after_sigkill_with_identical_weights(in_suite, tiny_pr
     assert [h["loss"] for h in a["meta"]["history"]] == [h["loss"] for h in b["meta"]["history"]]
 
 
-def test_same_cell_twice_gives_identical_numbers(in_suite, tiny_pretrained, tmp_path):
+def test_same_cell_twice_gives_identical_numbers(in_tiny_suite, tiny_pretrained, tmp_path):
     results = []
     for run in ("one", "two"):
         ckpt = tmp_path / run / "model.pt"
@@ -153,7 +143,7 @@ def test_same_cell_twice_gives_identical_numbers(in_suite, tiny_pretrained, tmp_
     assert len(results[0]["c.json"]["subsets"]["all"]["per_corruption"]) == 15
 
 
-def test_checkpoint_round_trip_gives_the_same_logits(in_suite, tiny_pretrained, tmp_path):
+def test_checkpoint_round_trip_gives_the_same_logits(in_tiny_suite, tiny_pretrained, tmp_path):
     ckpt = network.load(tiny_pretrained)
     x = torch.randn(3, 3, 32, 32)
     network.save(tmp_path / "copy.pt", ckpt.model, name=ckpt.name, arch=ckpt.arch, arch_kwargs=ckpt.arch_kwargs,

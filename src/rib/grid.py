@@ -8,8 +8,8 @@ the pretrained model's cells use method ``pretrained`` and no D_ft, and are shar
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 PRETRAINED = "pretrained"
 

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 
 def corruption_accuracy(group_top1: Mapping[str, float]) -> tuple[dict[str, float], float]:

@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from .data.labels import LabelProjection
+from .data.loading import ImageDataset, InMemoryDataset, batches, normalize
 from .errors import TrainingStopped
-from .data.loading import InMemoryDataset, ImageDataset, batches, normalize
 from .io import atomic_path
 from .methods.base import Method
 from .models.registry import Preprocessing
@@ -47,7 +47,7 @@ class Schedule:
     optimizer: str = "sgd"  # sgd (with momentum) | adamw (momentum is then beta1)
 
     @classmethod
-    def from_config(cls, cfg: dict) -> "Schedule":
+    def from_config(cls, cfg: dict) -> Schedule:
         return cls(**{k: cfg[k] for k in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "warmup_steps")},
                    precision=cfg.get("precision", "auto"), optimizer=cfg.get("optimizer", "sgd"))
 

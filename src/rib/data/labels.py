@@ -12,7 +12,7 @@ falls in the true class's label-space ids.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -37,7 +37,7 @@ class LabelProjection:
         self.num_classes = len(classes)
         self.identity = width == 1 and self.index[:, 0].tolist() == list(range(len(label_space)))
 
-    def to(self, device) -> "LabelProjection":
+    def to(self, device) -> LabelProjection:
         self.index = self.index.to(device)
         self.member = self.member.to(device)
         return self

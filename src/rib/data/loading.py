@@ -8,9 +8,9 @@ uint8 (C, H, W). Conversion to float and normalisation happen per batch on the c
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch

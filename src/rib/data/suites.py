@@ -8,8 +8,8 @@ suite is built from the ``synthetic`` section of the parameters.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from ..errors import UnknownNameError
 

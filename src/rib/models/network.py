@@ -41,7 +41,7 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def feature_dim(model: nn.Module) -> int:
-    return int(getattr(model, "num_features"))
+    return int(model.num_features)
 
 
 @dataclass

@@ -26,7 +26,7 @@ class Preprocessing:
                 "mean": list(self.mean), "std": list(self.std)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Preprocessing":
+    def from_dict(cls, d: dict) -> Preprocessing:
         return cls(int(d["input_size"]), d["interpolation"], float(d["crop_pct"]), tuple(d["mean"]), tuple(d["std"]))
 
 

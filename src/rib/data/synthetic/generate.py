@@ -17,8 +17,16 @@ from .corruptions import CORRUPTIONS as CORRUPTION_FUNCTIONS
 from .corruptions import corrupt
 from .render import STYLES, to_uint8
 from .shapes import ShapeClass, shape_classes
-from .suite import (C_POOL_FACTOR, CORPORA, CORRUPTIONS, DIVERSE_DEGRADE, DIVERSE_MIX, SEVERITIES, _stable_code,
-                    build_suite)
+from .suite import (
+    C_POOL_FACTOR,
+    CORPORA,
+    CORRUPTIONS,
+    DIVERSE_DEGRADE,
+    DIVERSE_MIX,
+    SEVERITIES,
+    _stable_code,
+    build_suite,
+)
 
 assert tuple(CORRUPTION_FUNCTIONS) == CORRUPTIONS, "corruptions.py and suite.py disagree on the corruption list"
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import colorsys
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -170,7 +170,7 @@ def blur(img: np.ndarray, sigma: float) -> np.ndarray:
     return ndimage.gaussian_filter(img, sigma=(sigma, sigma, 0), mode="nearest")
 
 
-def over(bg: np.ndarray, fg: np.ndarray | np.ndarray, alpha: np.ndarray) -> np.ndarray:
+def over(bg: np.ndarray, fg: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     a = alpha[..., None]
     return (bg * (1 - a) + fg * a).astype(np.float32)
 
@@ -380,7 +380,7 @@ def style_a(rng, shape, size):
     """Hard examples: small objects among look-alike clutter, partly occluded, low contrast."""
     bg = blobs(rng, size, 4, (0.2, 0.6), (0.3, 0.8))
     hue = rng.uniform()
-    tone = lambda: hsv(hue + rng.normal(0, 0.06), rng.uniform(0.4, 0.9), rng.uniform(0.3, 0.9))  # noqa: E731
+    tone = lambda: hsv(hue + rng.normal(0, 0.06), rng.uniform(0.4, 0.9), rng.uniform(0.3, 0.9))
     img = bg
     for _ in range(int(rng.integers(2, 6))):
         img = over(img, tone(), polygon_mask(_distractor(rng, size), size))
