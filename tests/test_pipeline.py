@@ -139,3 +139,23 @@ def test_a_typo_in_params_stops_snakemake_with_one_clear_line(tmp_path):
                           capture_output=True)
     assert proc.returncode != 0
     assert "params.yaml: train.learnig_rate: unknown key" in proc.stdout + proc.stderr
+
+
+def test_configfile_selects_another_params_file(tmp_path):
+    ws = make_workspace(tmp_path / "other")
+    shutil.copy2(REPO / "params.yaml", ws / "params.yaml")
+    shutil.copy2(TINY_PARAMS, ws / "tiny.yaml")
+    default = snakemake(ws, "-n")
+    assert job_counts(default.stdout)["finetune"] == 64
+    tiny = snakemake(ws, "-n", "--configfile", "tiny.yaml")
+    assert job_counts(tiny.stdout)["finetune"] == 4
+    # the rib commands of the jobs read the same file: 4 classes x 8 images, not 10 x 40
+    snakemake(ws, "data/rib-mini/prepared/sketch", "--configfile", "tiny.yaml")  # (--configfile takes several)
+    info = json.loads((ws / "data/rib-mini/prepared/sketch/info.json").read_text())
+    assert (info["num_classes"], info["num_images"]) == (4, 32)
+
+
+def test_snakemake_lint_is_clean(tmp_path):
+    ws = make_workspace(tmp_path / "lint")
+    out = snakemake(ws, "--lint")
+    assert "Congratulations, your workflow is in a good condition!" in out.stdout + out.stderr

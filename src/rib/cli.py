@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import platform
 import sys
 import time
@@ -259,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="rib", description="ImageNet-RIB: robustness inheritance benchmark pipeline")
     p.add_argument("--version", action="version", version=f"rib {__version__}")
-    p.add_argument("--params", default="params.yaml", help="configuration file (default: params.yaml)")
+    p.add_argument("--params", default=os.environ.get("RIB_PARAMS", "params.yaml"),
+                   help="configuration file (default: $RIB_PARAMS, else params.yaml)")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("validate", parents=[common], help="check params.yaml and summarise the grid")

@@ -27,13 +27,13 @@ THREADS = PARAMS["runtime"]["threads"]
 PAT = {kind: pattern.replace("{suite}", SUITE.name) for kind, pattern in rib_grid.PATTERNS.items()}
 LOGS = f"logs/{SUITE.name}"
 
-# rib runs from this checkout's src/ (also inside --use-conda environments); without conda the
-# interpreter running Snakemake is used, so an activated virtual environment is not required.
+# Every rule runs `python -m rib` from this checkout's src/ (also inside --use-conda environments)
+# and reads the params file named by RIB_PARAMS. Without conda, `python` is the interpreter running
+# Snakemake, so an activated virtual environment is not required. (Snakemake formats the prefix
+# too, hence the doubled braces.)
 _conda = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
-_python = "python" if _conda else sys.executable
-# (Snakemake formats the prefix too, hence the doubled braces.)
-shell.prefix(f'export PYTHONPATH="{SRC}${{{{PYTHONPATH:+:$PYTHONPATH}}}}"; ')
-RIB = f"{_python} -m rib --params {PARAMS_FILE}"
+_path = "" if _conda else f'export PATH="{os.path.dirname(sys.executable)}:$PATH"; '
+shell.prefix(f'{_path}export PYTHONPATH="{SRC}${{{{PYTHONPATH:+:$PYTHONPATH}}}}"; export RIB_PARAMS="{PARAMS_FILE}"; ')
 CONDA_ENV = "../envs/rib.yaml"
 
 wildcard_constraints:

@@ -13,7 +13,7 @@ if SUITE.synthetic:
         conda:
             CONDA_ENV
         shell:
-            "{RIB} data generate {wildcards.dataset} --out {output} > {log} 2>&1"
+            "python -m rib data generate {wildcards.dataset} --out {output} > {log} 2>&1"
 
 
 rule prepare:
@@ -29,4 +29,4 @@ rule prepare:
     conda:
         CONDA_ENV
     shell:
-        "{RIB} data prepare {wildcards.dataset} --raw {input} --out {output} > {log} 2>&1"
+        "python -m rib data prepare {wildcards.dataset} --raw {input} --out {output} > {log} 2>&1"

@@ -17,7 +17,7 @@ rule evaluate_pretrained:
     conda:
         CONDA_ENV
     shell:
-        "{RIB} evaluate {input.checkpoint} {input.data} --out-dir {params.out_dir} --threads {threads} > {log} 2>&1"
+        "python -m rib evaluate {input.checkpoint} {input.data} --out-dir {params.out_dir} --threads {threads} > {log} 2>&1"
 
 
 rule evaluate_finetuned:
@@ -35,4 +35,4 @@ rule evaluate_finetuned:
     conda:
         CONDA_ENV
     shell:
-        "{RIB} evaluate {input.checkpoint} {input.data} --out-dir {params.out_dir} --threads {threads} > {log} 2>&1"
+        "python -m rib evaluate {input.checkpoint} {input.data} --out-dir {params.out_dir} --threads {threads} > {log} 2>&1"

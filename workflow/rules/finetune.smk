@@ -17,5 +17,5 @@ rule finetune:
     conda:
         CONDA_ENV
     shell:
-        "{RIB} finetune {wildcards.model} {wildcards.method} {wildcards.dataset} "
+        "python -m rib finetune {wildcards.model} {wildcards.method} {wildcards.dataset} "
         "--pretrained {input.pretrained} --data {input.data} --out {output} --threads {threads} > {log} 2>&1"

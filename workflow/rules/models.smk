@@ -15,4 +15,4 @@ rule pretrain:
     conda:
         CONDA_ENV
     shell:
-        "{RIB} pretrain {wildcards.model} --data {input.data} --out {output} --threads {threads} > {log} 2>&1"
+        "python -m rib pretrain {wildcards.model} --data {input.data} --out {output} --threads {threads} > {log} 2>&1"

@@ -19,7 +19,7 @@ rule aggregate:
     conda:
         CONDA_ENV
     shell:
-        "{RIB} aggregate > {log} 2>&1"
+        "python -m rib aggregate > {log} 2>&1"
 
 
 rule figures:
@@ -36,4 +36,4 @@ rule figures:
     conda:
         CONDA_ENV
     shell:
-        "{RIB} figures > {log} 2>&1"
+        "python -m rib figures > {log} 2>&1"
