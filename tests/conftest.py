@@ -60,9 +60,9 @@ def tiny_suite(tmp_path_factory) -> tuple[Path, dict]:
     os.chdir(root)  # prepared folders record the dataset root relative to the working folder
     try:
         for name in grid.datasets_to_prepare(params):
-            raw = grid.path("raw", suite=suite.name, dataset=name)
+            raw = grid.data_dir(params, name, "raw")
             generate(params, name, raw, show_progress=False)
-            prepare(suite.dataset(name), raw, grid.path("prepared", suite=suite.name, dataset=name),
+            prepare(suite.dataset(name), raw, grid.data_dir(params, name),
                     fraction=params["split"]["heldout_fraction"], seed=params["split"]["seed"], show_progress=False)
     finally:
         os.chdir(cwd)
@@ -89,7 +89,7 @@ def tiny_pretrained(tiny_suite) -> Path:
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        assert main(["pretrain", "mini_resnet.narrow", "--data", "data/rib-mini/prepared/narrow",
+        assert main(["pretrain", "mini_resnet.narrow", "--data", "data/rib-mini/corpora/prepared/narrow",
                      "--out", str(out), "-q"]) == 0
     finally:
         os.chdir(cwd)

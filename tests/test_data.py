@@ -50,7 +50,7 @@ def test_prepared_folders(in_tiny_suite):
     heldout_instances = {r.instance for r in c.rows if r.part == "heldout"}
     finetune_instances = {r.instance for r in c.rows if r.part == "finetune"}
     assert heldout_instances and finetune_instances and not heldout_instances & finetune_instances
-    corpus = load_prepared("data/rib-mini/prepared/narrow")
+    corpus = load_prepared("data/rib-mini/corpora/prepared/narrow")
     assert {r.part for r in corpus.rows} == {"train"}
     # every row's label is the index of its folder's class
     sketch = load_prepared("data/rib-mini/prepared/sketch")

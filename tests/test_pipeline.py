@@ -74,9 +74,10 @@ def snakemake_run(tmp_path_factory):
 def test_snakemake_runs_the_whole_tiny_grid(snakemake_run):
     ws, first = snakemake_run
     counts = job_counts(first.stdout + first.stderr)
-    # 1 model x 2 methods x 2 datasets; 4 datasets (source, sketch, c, corpus narrow)
-    assert counts == {"generate": 4, "prepare": 4, "pretrain": 1, "finetune": 4, "evaluate_pretrained": 1,
-                      "evaluate_finetuned": 4, "aggregate": 1, "figures": 1, "all": 1}
+    # 1 model x 2 methods x 2 datasets; 3 evaluation datasets (source, sketch, c) and 1 corpus (narrow)
+    assert counts == {"generate": 3, "generate_corpus": 1, "prepare": 3, "prepare_corpus": 1, "pretrain": 1,
+                      "finetune": 4, "evaluate_pretrained": 1, "evaluate_finetuned": 4, "aggregate": 1,
+                      "figures": 1, "all": 1}
     reports = ws / "reports" / "rib-mini"
     for name in ("cells.csv", "metrics.csv", "summary.csv", "summary.md", "summary_by_method.csv",
                  "figures/radar.png", "figures/bar.png"):
@@ -113,7 +114,8 @@ def test_one_cell_regenerates_with_only_its_dependencies(snakemake_run, tmp_path
     # from scratch, the same target needs only its own chain: no other method, dataset or evaluation
     fresh = make_workspace(tmp_path / "fresh")
     plan = snakemake(fresh, "-n", cell)
-    assert job_counts(plan.stdout + plan.stderr) == {"generate": 4, "prepare": 4, "pretrain": 1, "finetune": 1,
+    assert job_counts(plan.stdout + plan.stderr) == {"generate": 3, "generate_corpus": 1, "prepare": 3,
+                                                      "prepare_corpus": 1, "pretrain": 1, "finetune": 1,
                                                       "evaluate_finetuned": 1}
 
 

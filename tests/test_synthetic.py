@@ -82,7 +82,6 @@ def test_class_balance_and_subsets(tmp_path, tiny_params):
 
 
 def test_styles_keep_the_shape_and_change_the_look():
-    rng = np.random.default_rng(0)
     shape = SHAPES[3]
     images = {name: style(np.random.default_rng(1), shape, 32) for name, style in STYLES.items()}
     for name, img in images.items():
@@ -93,7 +92,6 @@ def test_styles_keep_the_shape_and_change_the_look():
     assert np.abs(images["drawing"] - images["drawing"].mean(axis=2, keepdims=True)).max() < 1e-6
     assert len(np.unique((images["cartoon"] * 255).astype(np.uint8).reshape(-1, 3), axis=0)) < \
         len(np.unique((images["source"] * 255).astype(np.uint8).reshape(-1, 3), axis=0))
-    del rng
 
 
 def test_every_class_has_a_distinct_silhouette():

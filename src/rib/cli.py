@@ -66,7 +66,7 @@ def cmd_grid(args, params) -> int:
             print(grid.path("finetuned", suite=params["suite"], model=model, method=method, dataset=dataset))
     else:
         for name in grid.datasets_to_prepare(params):
-            print(grid.path("prepared", suite=params["suite"], dataset=name))
+            print(grid.data_dir(params, name))
     return 0
 
 
@@ -191,8 +191,7 @@ def cmd_evaluate(args, params) -> int:
     finetuned_on = meta.get("finetune_dataset")
     from . import grid
 
-    folders = args.datasets or [grid.path("prepared", suite=params["suite"], dataset=d)
-                                for d in grid.eval_datasets(params)]
+    folders = args.datasets or [grid.data_dir(params, d) for d in grid.eval_datasets(params)]
     datasets = [load_prepared(d) for d in folders]
     ev = params["evaluate"]
     records = evaluate_checkpoint(ckpt.model, ckpt.label_space, ckpt.preprocessing, datasets,

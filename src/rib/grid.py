@@ -14,8 +14,12 @@ from dataclasses import dataclass
 PRETRAINED = "pretrained"
 
 PATTERNS = {
+    # Evaluation datasets (source and D) and pretraining corpora live apart, so that a step that
+    # reads every evaluation dataset can depend on one folder without the much larger corpora.
     "raw": "data/{suite}/raw/{dataset}",
     "prepared": "data/{suite}/prepared/{dataset}",
+    "corpus_raw": "data/{suite}/corpora/raw/{dataset}",
+    "corpus_prepared": "data/{suite}/corpora/prepared/{dataset}",
     "pretrained": "models/{suite}/{model}/pretrained.pt",
     "pretrain_state": "models/{suite}/{model}/state.pt",
     "finetuned": "checkpoints/{suite}/{model}/{method}/{dataset}/model.pt",
@@ -34,6 +38,14 @@ PATTERNS = {
 
 def path(kind: str, **fields) -> str:
     return PATTERNS[kind].format(**fields)
+
+
+def data_dir(params: dict, dataset: str, stage: str = "prepared") -> str:
+    """Folder of a dataset at ``stage`` (raw | prepared): corpora under data/<suite>/corpora/."""
+    from .data.suites import get_suite
+
+    corpus = get_suite(params).dataset(dataset).role == "corpus"
+    return path(f"corpus_{stage}" if corpus else stage, suite=params["suite"], dataset=dataset)
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ wildcard_constraints:
 
 
 def prepared(dataset):
-    return PAT["prepared"].format(dataset=dataset)
+    return rib_grid.data_dir(PARAMS, dataset)
 
 
 def corpus_of(wildcards):
@@ -52,6 +52,10 @@ def corpus_of(wildcards):
     if corpus is None:
         raise WorkflowError(f"model {wildcards.model} is not pretrained by the pipeline")
     return prepared(corpus)
+
+
+EVAL_NAMES = "|".join(sorted(SUITE.names("source") + SUITE.names("shift")))
+CORPUS_NAMES = "|".join(sorted(SUITE.names("corpus"))) or "^$"
 
 
 REPORT_OUTPUTS = [PAT[k] for k in ("cells", "metrics", "summary", "summary_md", "methods_summary", "radar", "bar")]
