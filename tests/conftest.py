@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +37,16 @@ def rib_env() -> dict:
     return env
 
 
+def job_counts(output: str) -> dict[str, int]:
+    table = output.split("Job stats:")[1] if "Job stats:" in output else ""
+    counts = {}
+    for line in table.splitlines():
+        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if m and m.group(1) != "total":
+            counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
 def run_rib(*args: str, cwd: Path, check: bool = True, **kw) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-m", "rib", *args], cwd=cwd, env=rib_env(), text=True,
                           capture_output=True, **kw)
@@ -62,7 +73,7 @@ def tiny_suite(tmp_path_factory) -> tuple[Path, dict]:
         for name in grid.datasets_to_prepare(params):
             raw = grid.data_dir(params, name, "raw")
             generate(params, name, raw, show_progress=False)
-            prepare(suite.dataset(name), raw, grid.data_dir(params, name),
+            prepare(suite.dataset(name), raw, grid.data_dir(params, name), label_space=suite.label_space,
                     fraction=params["split"]["heldout_fraction"], seed=params["split"]["seed"], show_progress=False)
     finally:
         os.chdir(cwd)

@@ -73,6 +73,11 @@ def _copy_raw(name: str, tmp_path):
     return dst
 
 
+def _prepare(params, spec, raw, out):
+    return prepare(spec, raw, out, label_space=get_suite(params).label_space, fraction=0.5, seed=0,
+                   show_progress=False)
+
+
 def test_missing_empty_and_unexpected_class_folders(in_tiny_suite, tmp_path):
     root, params = in_tiny_suite
     spec = get_suite(params).dataset("sketch")
@@ -81,16 +86,16 @@ def test_missing_empty_and_unexpected_class_folders(in_tiny_suite, tmp_path):
     for f in first.iterdir():
         f.unlink()
     with pytest.raises(LayoutError, match=f"{first.name}: class folder has no images"):
-        prepare(spec, raw, tmp_path / "out", fraction=0.5, seed=0, show_progress=False)
+        _prepare(params, spec, raw, tmp_path / "out")
     shutil.rmtree(first)
     with pytest.raises(LayoutError, match=f"missing class folder '{first.name}'"):
-        prepare(spec, raw, tmp_path / "out", fraction=0.5, seed=0, show_progress=False)
+        _prepare(params, spec, raw, tmp_path / "out")
     (raw / first.name).mkdir()
     (raw / "stray").mkdir()
     with pytest.raises(LayoutError, match="unexpected class folder 'stray'"):
-        prepare(spec, raw, tmp_path / "out", fraction=0.5, seed=0, show_progress=False)
+        _prepare(params, spec, raw, tmp_path / "out")
     with pytest.raises(LayoutError, match="dataset folder not found"):
-        prepare(spec, tmp_path / "nowhere", tmp_path / "out", fraction=0.5, seed=0, show_progress=False)
+        _prepare(params, spec, tmp_path / "nowhere", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -100,8 +105,7 @@ def test_corrupt_image_is_named_and_nothing_is_written(in_tiny_suite, tmp_path):
     victim = sorted(raw.rglob("*.png"))[3]
     victim.write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
     with pytest.raises(DataError, match=f"{victim}: not a readable image"):
-        prepare(get_suite(params).dataset("sketch"), raw, tmp_path / "out", fraction=0.5, seed=0,
-                show_progress=False)
+        _prepare(params, get_suite(params).dataset("sketch"), raw, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]  # no partial folder left
 

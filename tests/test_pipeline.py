@@ -7,7 +7,6 @@ regenerate a single targeted cell with only what it depends on.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO, TINY_PARAMS, rib_env
+from tests.conftest import REPO, TINY_PARAMS, job_counts, rib_env
 
 pytestmark = pytest.mark.e2e
 
@@ -48,16 +47,6 @@ def snakemake(cwd: Path, *args: str) -> subprocess.CompletedProcess:
 
 def dvc(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     return run([sys.executable, "-m", "dvc", *args], cwd)
-
-
-def job_counts(output: str) -> dict[str, int]:
-    table = output.split("Job stats:")[1] if "Job stats:" in output else ""
-    counts = {}
-    for line in table.splitlines():
-        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
-        if m and m.group(1) != "total":
-            counts[m.group(1)] = int(m.group(2))
-    return counts
 
 
 def cell_numbers(ws: Path) -> dict[str, dict]:

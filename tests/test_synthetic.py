@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import Counter
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from rib.data.layouts import read_mapping
 from rib.data.suites import get_suite
 from rib.data.synthetic.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from rib.data.synthetic.generate import generate
@@ -59,11 +59,16 @@ def test_v2_and_objectnet_layouts(tmp_path, tiny_params):
     generate(tiny_params, "v2", tmp_path / "v2", show_progress=False)
     assert sorted(int(p.name) for p in (tmp_path / "v2").iterdir()) == list(range(10))  # numeric folders
     generate(tiny_params, "objectnet", tmp_path / "on", show_progress=False)
-    mapping = json.loads((tmp_path / "on" / "mappings" / "folder_to_wnids.json").read_text())
-    assert sorted(mapping) == sorted(p.name for p in (tmp_path / "on" / "images").iterdir())
-    # one ObjectNet-style folder stands for two label-space classes, drawn alternately
-    assert mapping["round_object"] == ["n99000001", "n99000006"]
-    assert 2 <= len(mapping) < 10
+    suite = get_suite(tiny_params)
+    # ObjectNet's own mapping files, read by the same parser as the real dataset's
+    classes = {c.folder: c.wnids for c in read_mapping(tmp_path / "on", suite.label_space)}
+    folders = sorted(p.name for p in (tmp_path / "on" / "images").iterdir())
+    # one folder stands for two label-space classes; folders of shapes outside the label space are unmapped
+    assert classes["round_object"] == ("n99000001", "n99000006")
+    assert 2 <= len(classes) < 10 and set(classes) < set(folders) and len(folders) == len(classes) + 2
+    # the thin red frame that loading crops
+    with Image.open(next((tmp_path / "on" / "images" / "round_object").iterdir())) as im:
+        assert im.getpixel((0, 0))[0] > 200 and im.getpixel((0, 0))[1] < 30
 
 
 def test_class_balance_and_subsets(tmp_path, tiny_params):

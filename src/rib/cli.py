@@ -89,11 +89,56 @@ def cmd_prepare(args, params) -> int:
     from .data.manifest import prepare
     from .data.suites import get_suite
 
-    spec = get_suite(params).dataset(args.dataset)
-    info = prepare(spec, args.raw, args.out, fraction=params["split"]["heldout_fraction"],
-                   seed=params["split"]["seed"], show_progress=not args.quiet)
-    log.info("prepared %s: %d images, %d classes, parts %s -> %s", args.dataset, info["num_images"],
-             info["num_classes"], info["parts"], args.out)
+    suite = get_suite(params)
+    data = params["data"]
+    info = prepare(suite.dataset(args.dataset), args.raw, args.out, label_space=suite.label_space,
+                   fraction=params["split"]["heldout_fraction"], seed=params["split"]["seed"],
+                   skip_corrupt=data["skip_corrupt_images"], corruption_per_leaf=data["corruption_subset"],
+                   show_progress=not args.quiet)
+    log.info("prepared %s: %d images, %d classes, parts %s, %d unreadable left out -> %s", args.dataset,
+             info["num_images"], info["num_classes"], info["parts"], info["skipped_images"], args.out)
+    return 0
+
+
+def _raw_dir(args, params) -> str:
+    from . import grid
+
+    return args.out or grid.data_dir(params, args.dataset, "raw")
+
+
+def cmd_fetch(args, params) -> int:
+    from .data.fetch import fetch
+    from .data.suites import get_suite
+
+    suite = get_suite(params)
+    out = _raw_dir(args, params)
+    fetch(suite.dataset(args.dataset), out, downloads=params["data"]["downloads"], label_space=suite.label_space,
+          params_file=args.params, show_progress=not args.quiet)
+    return 0
+
+
+def cmd_add(args, params) -> int:
+    from .data.fetch import add
+    from .data.suites import get_suite
+
+    suite = get_suite(params)
+    add(suite.dataset(args.dataset), args.path, _raw_dir(args, params), label_space=suite.label_space,
+        show_progress=not args.quiet)
+    return 0
+
+
+def cmd_models_fetch(args, params) -> int:
+    from . import grid
+    from .data.suites import get_suite
+    from .models import network
+    from .models.registry import get_model
+
+    spec = get_model(args.model, params)
+    if spec.timm_weights is None:
+        raise RibError(f"model {spec.name!r} is not fetched (weights: {spec.weights}); see `rib pretrain`")
+    out = args.out or grid.path("pretrained", suite=params["suite"], model=spec.name)
+    network.fetch_timm(spec.timm_weights, out, list(get_suite(params).label_space), weights_file=args.weights)
+    log.info("saved %s", out)
     return 0
 
 
@@ -210,7 +255,8 @@ def cmd_evaluate(args, params) -> int:
     out_dir = Path(args.out_dir)
     for prepared, rec in zip(datasets, records):
         write_json(out_dir / f"{prepared.name}.json",
-                   {**common, **rec, "manifest_sha256": prepared.info["manifest_sha256"]})
+                   {**common, **rec, "manifest_sha256": prepared.info["manifest_sha256"],
+                    "skipped_images": prepared.info.get("skipped_images", 0)})
     return 0
 
 
@@ -275,11 +321,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dataset")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_generate)
+    s = data.add_parser("fetch", parents=[common], help="download, verify and unpack a dataset of a real suite")
+    s.add_argument("dataset")
+    s.add_argument("--out", default=None, help="raw dataset folder (default: data/<suite>/raw/<dataset>)")
+    s.set_defaults(func=cmd_fetch)
+    s = data.add_parser("add", parents=[common], help="ingest a dataset you downloaded yourself (folder or archive)")
+    s.add_argument("dataset")
+    s.add_argument("path", help="the dataset's folder, or a .tar/.tar.gz/.zip of it")
+    s.add_argument("--out", default=None, help="raw dataset folder (default: data/<suite>/raw/<dataset>)")
+    s.set_defaults(func=cmd_add)
     s = data.add_parser("prepare", parents=[common], help="index, verify and split a dataset folder")
     s.add_argument("dataset")
     s.add_argument("--raw", required=True, help="the dataset folder")
     s.add_argument("--out", required=True, help="prepared folder to write")
     s.set_defaults(func=cmd_prepare)
+
+    models = sub.add_parser("models", help="model steps").add_subparsers(dest="models_command", required=True)
+    s = models.add_parser("fetch", parents=[common], help="save a timm model's pretrained weights as a checkpoint")
+    s.add_argument("model")
+    s.add_argument("--out", default=None, help="checkpoint (default: models/<suite>/<model>/pretrained.pt)")
+    s.add_argument("--weights", default=None, help="a local file of the weights instead of the download")
+    s.set_defaults(func=cmd_models_fetch)
 
     s = sub.add_parser("pretrain", parents=[common, torch_opts, train_opts], help="pretrain a rib-mini model")
     s.add_argument("model")

@@ -97,6 +97,11 @@ def _check_names(params: dict) -> None:
 
     if params["suite"] not in suite_names():
         raise ConfigError(f"suite: unknown suite {params['suite']!r}{_close(params['suite'], suite_names())}")
+    synthetic = params["suite"] == "rib-mini"
+    for section in ("synthetic", "pretrain"):
+        if synthetic and section not in params:
+            raise ConfigError(f"{section}: missing required key (suite {params['suite']!r} generates its data "
+                              "and pretrains its models)")
     suite = get_suite(params)
     known_models = model_names(params)
     for i, name in enumerate(params["grid"]["models"]):

@@ -1,4 +1,4 @@
-# Datasets: generate (synthetic suites) -> prepare (index, verify, held-out split).
+# Datasets: generate (synthetic suites) or fetch (real suites) -> prepare (index, verify, split).
 # Evaluation datasets live under data/<suite>/{raw,prepared}/, pretraining corpora under
 # data/<suite>/corpora/{raw,prepared}/.
 
@@ -25,6 +25,39 @@ if SUITE.synthetic:
         wildcard_constraints:
             dataset=CORPUS_NAMES,
 
+else:
+    # Say up front what is missing, and what a person has to do for the manual datasets.
+    _missing = [d for d in EVALS if not os.path.exists(PAT["raw"].format(dataset=d))]
+    if _missing:
+        from rib.data.fetch import manual_instructions
+
+        _manual = [d for d in _missing if SUITE.dataset(d).source and SUITE.dataset(d).source.manual]
+        _auto = [d for d in _missing if d not in _manual]
+        _lines = [f"rib: {SUITE.name}: {len(_missing)} dataset(s) not on disk yet."]
+        if _auto:
+            _lines.append(f"  to download (rule fetch, needs internet): {', '.join(_auto)}")
+        for _d in _manual:
+            _lines.append(f"  to add by hand: {_d}: {manual_instructions(SUITE.dataset(_d), PARAMS_FILE)}")
+        print("\n".join(_lines), file=sys.stderr)
+
+    # Downloads need internet: a local rule, run on the machine Snakemake runs on (a cluster's
+    # login node). A manual dataset (ImageNet val, ObjectNet) fails here with what to do, until
+    # `rib data add NAME PATH` has put it in place.
+    rule fetch:
+        output:
+            directory(PAT["raw"]),
+        log:
+            f"{LOGS}/fetch/{{dataset}}.log",
+        params:
+            downloads=PARAMS["data"]["downloads"],
+        localrule: True
+        wildcard_constraints:
+            dataset=EVAL_NAMES,
+        conda:
+            CONDA_ENV
+        shell:
+            "python -m rib data fetch {wildcards.dataset} --out {output} > {log} 2>&1"
+
 
 rule prepare:
     input:
@@ -35,6 +68,7 @@ rule prepare:
         f"{LOGS}/prepare/{{dataset}}.log",
     params:
         split=PARAMS["split"],
+        data={k: PARAMS["data"][k] for k in ("skip_corrupt_images", "corruption_subset")},
     threads: 1
     wildcard_constraints:
         dataset=EVAL_NAMES,
@@ -44,10 +78,12 @@ rule prepare:
         "python -m rib data prepare {wildcards.dataset} --raw {input} --out {output} > {log} 2>&1"
 
 
-use rule prepare as prepare_corpus with:
-    input:
-        PAT["corpus_raw"],
-    output:
-        directory(PAT["corpus_prepared"]),
-    wildcard_constraints:
-        dataset=CORPUS_NAMES,
+if CORPUS_NAMES:
+
+    use rule prepare as prepare_corpus with:
+        input:
+            PAT["corpus_raw"],
+        output:
+            directory(PAT["corpus_prepared"]),
+        wildcard_constraints:
+            dataset=CORPUS_NAMES,

@@ -1,18 +1,33 @@
-# Pretrained models. rib-mini trains its small timm models from scratch on a synthetic corpus.
+# Pretrained models: rib-mini trains its small timm models from scratch on a synthetic corpus;
+# real suites fetch published weights once into models/<suite>/ (a local rule: it needs internet).
 
+if SUITE.synthetic:
 
-rule pretrain:
-    input:
-        data=corpus_of,
-    output:
-        PAT["pretrained"],
-    log:
-        f"{LOGS}/pretrain/{{model}}.log",
-    params:
-        schedule=PARAMS["pretrain"],
-        seed=PARAMS["seed"],
-    threads: THREADS
-    conda:
-        CONDA_ENV
-    shell:
-        "python -m rib pretrain {wildcards.model} --data {input.data} --out {output} --threads {threads} > {log} 2>&1"
+    rule pretrain:
+        input:
+            data=corpus_of,
+        output:
+            PAT["pretrained"],
+        log:
+            f"{LOGS}/pretrain/{{model}}.log",
+        params:
+            schedule=PARAMS.get("pretrain"),
+            seed=PARAMS["seed"],
+        threads: THREADS
+        conda:
+            CONDA_ENV
+        shell:
+            "python -m rib pretrain {wildcards.model} --data {input.data} --out {output} --threads {threads} > {log} 2>&1"
+
+else:
+
+    rule fetch_weights:
+        output:
+            PAT["pretrained"],
+        log:
+            f"{LOGS}/fetch_weights/{{model}}.log",
+        localrule: True
+        conda:
+            CONDA_ENV
+        shell:
+            "python -m rib models fetch {wildcards.model} --out {output} > {log} 2>&1"

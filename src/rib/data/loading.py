@@ -25,12 +25,14 @@ _INTERPOLATION = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resamp
                   "nearest": Image.Resampling.NEAREST}
 
 
-def load_image(path: Path, prep: Preprocessing) -> torch.Tensor:
+def load_image(path: Path, prep: Preprocessing, border: int = 0) -> torch.Tensor:
     try:
         with Image.open(path) as im:
             img = im.convert("RGB")
     except Exception as err:
         raise DataError(f"{path}: not a readable image ({type(err).__name__}: {err})") from None
+    if border:  # a frame that is not part of the picture (ObjectNet)
+        img = img.crop((border, border, img.size[0] - border, img.size[1] - border))
     size = prep.input_size
     # Resize the shorter side to size / crop_pct, then take the central size x size crop.
     resize_to = int(math.floor(size / prep.crop_pct))
@@ -48,17 +50,18 @@ def load_image(path: Path, prep: Preprocessing) -> torch.Tensor:
 class ImageDataset(torch.utils.data.Dataset):
     """Rows of a prepared dataset, decoded on access."""
 
-    def __init__(self, root: Path, rows: Sequence[Row], prep: Preprocessing):
+    def __init__(self, root: Path, rows: Sequence[Row], prep: Preprocessing, border: int = 0):
         self.root = Path(root)
         self.rows = list(rows)
         self.prep = prep
+        self.border = border
         self.labels = torch.tensor([r.label for r in self.rows], dtype=torch.long)
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, i: int):
-        return load_image(self.root / self.rows[i].path, self.prep), self.labels[i]
+        return load_image(self.root / self.rows[i].path, self.prep, self.border), self.labels[i]
 
 
 @dataclass
@@ -84,7 +87,7 @@ def open_dataset(prepared: PreparedDataset, part: str | None, prep: Preprocessin
     rows = prepared.select(part)
     if not rows:
         raise DataError(f"dataset {prepared.name!r} has no images in part {part!r}")
-    ds = ImageDataset(prepared.root, rows, prep)
+    ds = ImageDataset(prepared.root, rows, prep, prepared.border)
     return preload(ds, prepared.name, show_progress) if preload_images else ds
 
 

@@ -26,7 +26,7 @@ from PIL import Image
 
 from ..errors import RibError
 from ..io import atomic_dir, read_json, sha256_file, write_json
-from ..progress import progress
+from ..progress import log, progress
 from .layouts import Record, index
 from .suites import DatasetClass, DatasetSpec
 
@@ -70,22 +70,53 @@ def split_parts(labels: list[int], instances: list[str], fraction: float, seed: 
     return ["heldout" if (lab, inst) in held else "finetune" for lab, inst in zip(labels, instances)]
 
 
-def verify_images(root: Path, records: list[Record], show_progress: bool = True) -> None:
+def verify_images(root: Path, records: list[Record], *, skip_corrupt: bool = False,
+                  show_progress: bool = True) -> tuple[list[Record], list[str]]:
+    """Decode-check every image. A broken one stops with its path, or, with ``skip_corrupt``, is
+    left out; returns (the readable records, the paths left out)."""
+    good, skipped = [], []
     for rec in progress(records, desc="verify images", unit="img", enabled=show_progress):
         path = root / rec.path
         try:
             with Image.open(path) as im:
                 im.verify()
         except Exception as err:  # PIL raises many types for broken files
-            raise DataError(f"{path}: not a readable image ({type(err).__name__}: {err})") from None
+            if not skip_corrupt:
+                raise DataError(f"{path}: not a readable image ({type(err).__name__}: {err}); "
+                                "set data.skip_corrupt_images to leave such files out") from None
+            log.warning("%s: not a readable image (%s); left out", path, type(err).__name__)
+            skipped.append(rec.path)
+            continue
+        good.append(rec)
+    return good, skipped
 
 
-def prepare(spec: DatasetSpec, root: str | os.PathLike, out_dir: str | os.PathLike, *, fraction: float,
-            seed: int, show_progress: bool = True) -> dict:
+def corruption_subset(records: list[Record], per_leaf: int, num_classes: int, seed: int) -> list[Record]:
+    """A fixed, seeded subset of an ImageNet-C-style tree: ``per_leaf`` images in every
+    corruption/severity leaf, the same number from each class (``per_leaf // num_classes``, at
+    least one) and the same base images (file names) in every leaf where they exist."""
+    per_class = max(1, per_leaf // num_classes)
+    names: dict[str, set[str]] = {}
+    for rec in records:
+        names.setdefault(rec.folder, set()).add(rec.instance)
+    keep: set[str] = set()
+    for folder, insts in names.items():
+        ordered = sorted(insts)
+        rng = np.random.default_rng([seed, zlib.crc32(folder.encode())])
+        keep.update(ordered[i] for i in rng.permutation(len(ordered))[:per_class])
+    return [r for r in records if r.instance in keep]
+
+
+def prepare(spec: DatasetSpec, root: str | os.PathLike, out_dir: str | os.PathLike, *, label_space: tuple[str, ...],
+            fraction: float, seed: int, skip_corrupt: bool = False, corruption_per_leaf: int | None = None,
+            show_progress: bool = True) -> dict:
     """Index, verify and split a dataset folder; write the prepared folder atomically."""
-    root = Path(root)
-    classes, records = index(spec, root)
-    verify_images(root, records, show_progress)
+    found = index(spec, root, label_space)
+    root, classes, records = found.root, found.classes, found.records
+    total = len(records)
+    if corruption_per_leaf and spec.is_corruption_tree:
+        records = corruption_subset(records, corruption_per_leaf, len(classes), seed)
+    records, skipped = verify_images(root, records, skip_corrupt=skip_corrupt, show_progress=show_progress)
     label_of = {c.folder: i for i, c in enumerate(classes)}
     labels = [label_of[r.folder] for r in records]
     if spec.role == "corpus":
@@ -104,7 +135,10 @@ def prepare(spec: DatasetSpec, root: str | os.PathLike, out_dir: str | os.PathLi
                                           "classes": [{"folder": c.folder, "wnids": list(c.wnids)} for c in classes]})
         info = {"dataset": spec.name, "role": spec.role, "layout": spec.layout, "root": str(root),
                 "num_images": len(records), "num_classes": len(classes), "parts": counts,
-                "split": {"heldout_fraction": fraction, "seed": seed},
+                "split": {"heldout_fraction": fraction, "seed": seed}, "border": spec.border,
+                "found_images": total, "corruption_per_leaf": corruption_per_leaf if spec.is_corruption_tree else None,
+                "skipped_images": len(skipped), "skipped": skipped[:1000],
+                "ignored_folders": list(found.ignored_folders),
                 "manifest_sha256": sha256_file(tmp / "manifest.csv")}
         write_json(tmp / "info.json", info)
     return info
@@ -124,6 +158,10 @@ class PreparedDataset:
         if part is None:
             return list(self.rows)
         return [r for r in self.rows if r.part == part]
+
+    @property
+    def border(self) -> int:
+        return int(self.info.get("border", 0))
 
     @property
     def groups(self) -> list[str]:

@@ -91,3 +91,31 @@ def load(path: str | os.PathLike, map_location="cpu") -> Checkpoint:
         raise FormatError(f"{path}: weights do not fit architecture {payload['arch']} ({first})") from None
     return Checkpoint(model, payload["name"], payload["arch"], kwargs, payload["label_space"],
                       Preprocessing.from_dict(payload["preprocessing"]), payload["meta"])
+
+
+def fetch_timm(name: str, out: str | os.PathLike, label_space: list[str], weights_file: str | None = None) -> None:
+    """Save timm's pretrained ``name`` as a rib checkpoint, with the model's own preprocessing.
+
+    The weights come from timm's download (the Hugging Face hub; needs internet) or, with
+    ``weights_file``, from a local file of the same weights.
+    """
+    import timm
+    from timm.data import resolve_data_config
+
+    from ..errors import RibError
+
+    overlay = {"pretrained_cfg_overlay": {"file": str(weights_file)}} if weights_file else {}
+    try:
+        model = timm.create_model(name, pretrained=True, **overlay)
+    except Exception as err:  # hub, network and file errors come in many types
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        where = f"from {weights_file}" if weights_file else "(this needs internet: run it on a machine that has it)"
+        raise RibError(f"{name}: could not load pretrained weights {where}: {first}") from None
+    if model.num_classes != len(label_space):
+        raise RibError(f"{name}: its head has {model.num_classes} classes, the suite's label space {len(label_space)}")
+    cfg = resolve_data_config({}, model=model)
+    prep = Preprocessing(int(cfg["input_size"][-1]), str(cfg["interpolation"]), float(cfg["crop_pct"]),
+                         tuple(float(v) for v in cfg["mean"]), tuple(float(v) for v in cfg["std"]))
+    save(out, model, name=name, arch=name, arch_kwargs={}, label_space=label_space, preprocessing=prep,
+         meta={"kind": "pretrained", "weights": f"timm:{name}", "weights_file": str(weights_file or ""),
+               "parameters": count_parameters(model), "feature_dim": feature_dim(model)})

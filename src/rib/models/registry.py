@@ -36,13 +36,20 @@ class ModelSpec:
     arch: str  # timm architecture
     arch_kwargs: dict = field(default_factory=dict)
     family: str = "cnn"  # cnn | vit
-    preprocessing: Preprocessing = Preprocessing(224)
-    weights: str = ""  # 'pretrain:<corpus>': trained by the pipeline on a corpus of the suite
+    # None: the model's own (timm's pretrained config), read when its weights are fetched
+    preprocessing: Preprocessing | None = Preprocessing(224)
+    # 'pretrain:<corpus>': trained by the pipeline on a corpus of the suite; 'timm:<name.tag>':
+    # timm's pretrained weights, fetched once onto disk
+    weights: str = ""
     description: str = ""
 
     @property
     def pretrain_corpus(self) -> str | None:
         return self.weights.split(":", 1)[1] if self.weights.startswith("pretrain:") else None
+
+    @property
+    def timm_weights(self) -> str | None:
+        return self.weights.split(":", 1)[1] if self.weights.startswith("timm:") else None
 
 
 @dataclass(frozen=True)
@@ -85,9 +92,37 @@ def _mini_models(params: dict) -> dict[str, ModelSpec]:
     return specs
 
 
+# The pretrained models of the paper (ViT-B/16 with seven pretraining recipes), its ViT-B/32
+# variants and ResNet-50, as timm names with pinned pretrained tags. All have ImageNet-1K heads.
+PAPER_MODELS: dict[str, str] = {
+    "vit_base_patch16_224.augreg_in1k": "ViT-B/16, IN-1K + AugReg",
+    "vit_base_patch16_224.sam_in1k": "ViT-B/16, IN-1K + SAM",
+    "vit_base_patch16_224.orig_in21k_ft_in1k": "ViT-B/16, IN-21K",
+    "vit_base_patch16_224_miil.in21k_ft_in1k": "ViT-B/16, IN-21K-P",
+    "vit_base_patch16_224.augreg_in21k_ft_in1k": "ViT-B/16, IN-21K + AugReg",
+    "vit_base_patch16_clip_224.openai_ft_in1k": "ViT-B/16, OpenAI CLIP",
+    "vit_base_patch16_clip_224.laion2b_ft_in1k": "ViT-B/16, LAION-2B CLIP",
+    "vit_base_patch32_224.augreg_in1k": "ViT-B/32, IN-1K + AugReg",
+    "vit_base_patch32_224.sam_in1k": "ViT-B/32, IN-1K + SAM",
+    "vit_base_patch32_224.augreg_in21k_ft_in1k": "ViT-B/32, IN-21K + AugReg",
+    "vit_base_patch32_clip_224.openai_ft_in1k": "ViT-B/32, OpenAI CLIP",
+    "vit_base_patch32_clip_224.laion2b_ft_in1k": "ViT-B/32, LAION-2B CLIP",
+    "resnet50.tv_in1k": "ResNet-50, torchvision weights",
+    "resnet50.a1_in1k": "ResNet-50, timm A1 recipe",
+}
+
+
+def _paper_models() -> dict[str, ModelSpec]:
+    return {name: ModelSpec(name=name, arch=name, family="cnn" if name.startswith("resnet") else "vit",
+                            preprocessing=None, weights=f"timm:{name}", description=label)
+            for name, label in PAPER_MODELS.items()}
+
+
 def models_for(params: dict) -> dict[str, ModelSpec]:
     if params["suite"] == "rib-mini":
         return _mini_models(params)
+    if params["suite"] == "imagenet-rib":
+        return _paper_models()
     return {}
 
 

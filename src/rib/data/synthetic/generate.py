@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -11,13 +10,15 @@ from PIL import Image
 
 from ...io import atomic_dir
 from ...progress import progress
-from ..layouts import MAPPING_FILE
+from ..layouts import write_mapping
 from ..suites import Suite
 from .corruptions import CORRUPTIONS as CORRUPTION_FUNCTIONS
 from .corruptions import corrupt
 from .render import STYLES, to_uint8
-from .shapes import ShapeClass, shape_classes
+from .shapes import SHAPES, ShapeClass, shape_classes
 from .suite import (
+    OBJECTNET_BORDER,
+    OBJECTNET_UNMAPPED,
     C_POOL_FACTOR,
     CORPORA,
     CORRUPTIONS,
@@ -71,23 +72,43 @@ def _jobs(suite: Suite, dataset: str, params: dict):
         for ci, cls in enumerate(spec.classes):
             yield from _corrupted_jobs(shapes[cls.wnids[0]], size, [seed, code, ci], cls.folder, n)
         return
+    if dataset == "objectnet":
+        yield from _objectnet_jobs(spec, params, shapes, size, [seed, code], n)
+        return
     for ci, cls in enumerate(spec.classes):
         for i in range(n):
-            # A merged (ObjectNet-style) class shows each of its label-space classes in turn.
-            shape = shapes[cls.wnids[i % len(cls.wnids)]]
+            shape = shapes[cls.wnids[0]]
             rng_key = [seed, code, ci, i]
-            stem = f"{cls.folder}_{i:05d}"
-            if dataset == "c":
-                continue
-            if dataset == "objectnet":
-                rel = f"images/{cls.folder}/{stem}.png"
-            else:
-                rel = f"{cls.folder}/{stem}.png"
+            rel = f"{cls.folder}/{cls.folder}_{i:05d}.png"
             if dataset == "diverse":
                 yield rel, (lambda s=shape, k=rng_key: _diverse_image(s, size, np.random.default_rng(k)))
             else:
                 style = "source" if dataset in ("source", "narrow") else dataset
                 yield rel, (lambda s=shape, k=rng_key, st=style: _render(st, s, size, np.random.default_rng(k)))
+
+
+def _framed(img: np.ndarray) -> np.ndarray:
+    """ObjectNet's images carry a thin red frame (2 pixels at full size, 1 here), cropped when loading."""
+    out = img.copy()
+    b = OBJECTNET_BORDER
+    red = np.array([0.85, 0.05, 0.05], np.float32)
+    out[:b], out[-b:], out[:, :b], out[:, -b:] = red, red, red, red
+    return out
+
+
+def _objectnet_jobs(spec, params, shapes, size, key, n):
+    # A merged class shows each of its label-space classes in turn. Shapes outside the label space
+    # (when there are any) get folders too, as ObjectNet's 200 classes without an ImageNet
+    # counterpart do; the mapping files leave them out.
+    outside = [s for s in SHAPES if s.wnid not in shapes][:OBJECTNET_UNMAPPED]
+    folders = [(c.folder, [shapes[w] for w in c.wnids]) for c in spec.classes]
+    folders += [(s.name.replace(" ", "_"), [s]) for s in outside]
+    for ci, (folder, members) in enumerate(folders):
+        for i in range(n):
+            shape = members[i % len(members)]
+            rng_key = key + [ci, i]
+            rel = f"images/{folder}/{folder}_{i:05d}.png"
+            yield rel, (lambda s=shape, k=rng_key: _framed(_render("objectnet", s, size, np.random.default_rng(k))))
 
 
 def _corrupted_jobs(shape, size, class_key, folder, per_leaf):
@@ -125,7 +146,8 @@ def generate(params: dict, dataset: str, out_dir: str | os.PathLike, show_progre
                 made.add(path.parent)
             _save(path, render())
         if spec.layout == "mapped_folders":
-            mapping = {c.folder: list(c.wnids) for c in spec.classes}
-            (tmp / MAPPING_FILE).parent.mkdir(parents=True, exist_ok=True)
-            (tmp / MAPPING_FILE).write_text(json.dumps(mapping, indent=1, sort_keys=True) + "\n")
+            mapped = {c.folder for c in spec.classes}
+            extra = sorted({rel.split("/")[1] for rel, _ in jobs} - mapped)
+            write_mapping(tmp, spec.classes, suite.class_names, suite.label_space,
+                          {f: f.replace("_", " ").title() for f in extra})
     return len(jobs)

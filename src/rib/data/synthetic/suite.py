@@ -25,15 +25,14 @@ import zlib
 
 import numpy as np
 
-from ..suites import DatasetClass, DatasetSpec, Suite, register_suite
+from ..suites import (IMAGENET_C_CORRUPTIONS, IMAGENET_C_SEVERITIES, DatasetClass, DatasetSpec, Suite,
+                      register_suite)
 from .shapes import ShapeClass, shape_classes
 
 SUITE = "rib-mini"
 # The ImageNet-C corruptions (implemented in corruptions.py, which is imported only to generate).
-CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
-               "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
-               "jpeg_compression")
-SEVERITIES = (1, 2, 3, 4, 5)
+CORRUPTIONS = IMAGENET_C_CORRUPTIONS
+SEVERITIES = IMAGENET_C_SEVERITIES
 # Each ImageNet-C leaf draws its images from a pool of this many times more base images per class,
 # so a base image appears in several leaves (as in ImageNet-C) without all leaves sharing one set.
 C_POOL_FACTOR = 10
@@ -46,6 +45,10 @@ DIVERSE_MIX = {"source": 0.25, "v2": 0.1, "sketch": 0.1, "cartoon": 0.1, "drawin
 DIVERSE_DEGRADE = 0.15
 # ObjectNet-style merges: one folder standing for several label-space classes.
 OBJECTNET_MERGES = {"round_object": ("circle", "ring")}
+# ObjectNet's frame (pixels; the real one is 2 pixels at full resolution) and how many folders of
+# shapes outside the label space it gets (ObjectNet has 200 classes with no ImageNet counterpart).
+OBJECTNET_BORDER = 1
+OBJECTNET_UNMAPPED = 2
 # Class-subset fractions, mirroring 200/1000 (A, R) and 113/1000 (ObjectNet) at toy scale.
 SUBSET_FRACTION = {"a": 0.8, "r": 0.8, "objectnet": 0.7}
 
@@ -123,6 +126,7 @@ def build_suite(params: dict) -> Suite:
             classes=_classes(name, shapes, seed),
             corruptions=CORRUPTIONS if name == "c" else (),
             severities=SEVERITIES if name == "c" else (),
+            border=OBJECTNET_BORDER if name == "objectnet" else 0,
         )
     return Suite(
         name=SUITE,
