@@ -445,3 +445,27 @@ def test_snakemake_dry_run_of_the_paper_grid_without_data(tmp_path):
     assert counts["finetune"] == 112 and counts["evaluate_finetuned"] == 112 and counts["evaluate_pretrained"] == 7
     assert "to download (rule fetch, needs internet): v2, a, r, sketch, cartoon, drawing, c" in out
     assert "to add by hand: imagenet:" in out and "to add by hand: objectnet:" in out
+
+
+def test_fetch_only_checks_a_dataset_already_in_place(server, tmp_path):
+    spec, _ = fabricate("r", server)
+    fetch(spec, tmp_path / "raw", downloads=tmp_path / "dl", label_space=WNIDS, show_progress=False)
+    Files.requests.clear()
+    again = fetch(spec, tmp_path / "raw", downloads=tmp_path / "dl", label_space=WNIDS, show_progress=False)
+    assert again["archives"] == [] and Files.requests == []  # nothing downloaded
+    manual = SUITE.dataset("objectnet")
+    with pytest.raises(LayoutError):  # a manual dataset's folder is checked, not trusted
+        fetch(manual, tmp_path / "raw", downloads=tmp_path / "dl", label_space=WNIDS, show_progress=False)
+
+
+def test_dvc_pipeline_of_the_paper_grid():
+    proc = subprocess.run([sys.executable, "-m", "dvc", "stage", "list", "pipelines/imagenet-rib/dvc.yaml"],
+                          cwd=REPO, env=rib_env(), text=True, capture_output=True)
+    assert proc.returncode == 0, proc.stderr
+    stages = [line.split()[0].split(":", 1)[1] for line in proc.stdout.splitlines() if line.strip()]
+    kinds = {}
+    for s in stages:
+        kinds[s.split("@")[0]] = kinds.get(s.split("@")[0], 0) + 1
+    assert kinds == {"fetch-source": 1, "fetch": 8, "prepare-source": 1, "prepare": 8, "fetch-weights": 7,
+                     "finetune": 112, "evaluate-pretrained": 7, "evaluate-finetuned": 112, "aggregate": 1,
+                     "figures": 1}
