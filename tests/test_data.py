@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections import Counter, defaultdict
 
@@ -128,3 +129,18 @@ def test_identity_projection_is_a_no_op():
     proj = LabelProjection([DatasetClass(w, (w,)) for w in "abc"], list("abc"))
     logits = torch.randn(2, 3)
     assert proj.restrict(logits) is logits
+
+
+def test_skipped_images_are_counted_in_every_cell(in_tiny_suite, tiny_pretrained, tmp_path):
+    from rib.cli import main
+
+    root, params = in_tiny_suite
+    raw = _copy_raw("sketch", tmp_path)
+    sorted(raw.rglob("*.png"))[0].write_bytes(b"broken")
+    prepared = tmp_path / "prepared" / "sketch"
+    prepare(get_suite(params).dataset("sketch"), raw, prepared, label_space=get_suite(params).label_space,
+            fraction=0.5, seed=0, skip_corrupt=True, show_progress=False)
+    assert main(["evaluate", str(tiny_pretrained), str(prepared), "--out-dir", str(tmp_path / "cells"), "-q"]) == 0
+    cell = json.loads((tmp_path / "cells" / "sketch.json").read_text())
+    assert cell["skipped_images"] == 1
+    assert cell["subsets"]["all"]["n"] == len(list(raw.rglob("*.png"))) - 1

@@ -94,7 +94,7 @@ def cmd_prepare(args, params) -> int:
     info = prepare(suite.dataset(args.dataset), args.raw, args.out, label_space=suite.label_space,
                    fraction=params["split"]["heldout_fraction"], seed=params["split"]["seed"],
                    skip_corrupt=data["skip_corrupt_images"], corruption_per_leaf=data["corruption_subset"],
-                   show_progress=not args.quiet)
+                   class_map_version=f"{suite.name}/{suite.class_map_version}", show_progress=not args.quiet)
     log.info("prepared %s: %d images, %d classes, parts %s, %d unreadable left out -> %s", args.dataset,
              info["num_images"], info["num_classes"], info["parts"], info["skipped_images"], args.out)
     return 0

@@ -32,7 +32,8 @@ from .suites import (IMAGENET_C_CORRUPTIONS, IMAGENET_C_SEVERITIES, Archive, Dat
                      Suite, register_suite)
 
 SUITE = "imagenet-rib"
-CLASS_MAP_VERSION = "imagenet-rib/1"
+# timm's lists are pinned with timm's version (pyproject.toml); ObjectNet's map comes from its archive.
+CLASS_MAP_VERSION = "imagenet-rib/1 (ImageNet-1K, A and R lists of timm 1.0.31)"
 
 
 @lru_cache(maxsize=None)
@@ -145,4 +146,5 @@ def build_suite(params: dict | None = None) -> Suite:
             corruptions=IMAGENET_C_CORRUPTIONS, severities=IMAGENET_C_SEVERITIES,
             source=Source(C_ARCHIVES, homepage="https://github.com/hendrycks/robustness")),
     }
-    return Suite(name=SUITE, label_space=wnids, class_names=imagenet_names(), datasets=datasets)
+    return Suite(name=SUITE, label_space=wnids, class_names=imagenet_names(), datasets=datasets,
+                 class_map_version=CLASS_MAP_VERSION)

@@ -109,7 +109,7 @@ def corruption_subset(records: list[Record], per_leaf: int, num_classes: int, se
 
 def prepare(spec: DatasetSpec, root: str | os.PathLike, out_dir: str | os.PathLike, *, label_space: tuple[str, ...],
             fraction: float, seed: int, skip_corrupt: bool = False, corruption_per_leaf: int | None = None,
-            show_progress: bool = True) -> dict:
+            class_map_version: str = "", show_progress: bool = True) -> dict:
     """Index, verify and split a dataset folder; write the prepared folder atomically."""
     found = index(spec, root, label_space)
     root, classes, records = found.root, found.classes, found.records
@@ -131,7 +131,8 @@ def prepare(spec: DatasetSpec, root: str | os.PathLike, out_dir: str | os.PathLi
     counts = {p: parts.count(p) for p in sorted(set(parts))}
     with atomic_dir(out_dir) as tmp:
         (tmp / "manifest.csv").write_text(buf.getvalue())
-        write_json(tmp / "classes.json", {"dataset": spec.name,
+        write_json(tmp / "classes.json", {"dataset": spec.name, "class_map_version": class_map_version,
+                                          "label_space_size": len(label_space),
                                           "classes": [{"folder": c.folder, "wnids": list(c.wnids)} for c in classes]})
         info = {"dataset": spec.name, "role": spec.role, "layout": spec.layout, "root": str(root),
                 "num_images": len(records), "num_classes": len(classes), "parts": counts,

@@ -9,7 +9,7 @@ suite is built from the ``synthetic`` section of the parameters.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..errors import UnknownNameError
 
@@ -80,7 +80,8 @@ class Suite:
     class_names: dict[str, str]
     datasets: dict[str, DatasetSpec]
     synthetic: bool = False
-    model_names: tuple[str, ...] = field(default=())
+    # Bumped whenever a class map of the suite changes; recorded with every prepared dataset.
+    class_map_version: str = "1"
 
     def dataset(self, name: str) -> DatasetSpec:
         try:

@@ -134,4 +134,5 @@ def build_suite(params: dict) -> Suite:
         class_names={s.wnid: s.name for s in shapes},
         datasets=datasets,
         synthetic=True,
+        class_map_version="2 (ObjectNet-format mapping files, 1-pixel frame)",
     )
