@@ -47,7 +47,10 @@ def _provenance(device) -> dict:
 # ----------------------------------------------------------------------------------------------
 def cmd_validate(args, params) -> int:
     from . import grid
+    from .models.registry import check_available, get_model
 
+    for name in params["grid"]["models"]:  # the slower check: do timm/open_clip know the name?
+        check_available(get_model(name, params))
     n_cells = sum(1 for _ in grid.cells(params))
     n_jobs = sum(1 for _ in grid.finetune_jobs(params))
     print(f"{args.params}: valid (suite {params['suite']}, {len(params['grid']['models'])} models, "
@@ -133,11 +136,15 @@ def cmd_models_fetch(args, params) -> int:
     from .models import network
     from .models.registry import get_model
 
+    from .train import resolve_device
+
+    from .models.registry import check_available
+
     spec = get_model(args.model, params)
-    if spec.timm_weights is None:
-        raise RibError(f"model {spec.name!r} is not fetched (weights: {spec.weights}); see `rib pretrain`")
+    check_available(spec)
     out = args.out or grid.path("pretrained", suite=params["suite"], model=spec.name)
-    network.fetch_timm(spec.timm_weights, out, list(get_suite(params).label_space), weights_file=args.weights)
+    network.fetch(spec, out, list(get_suite(params).label_space), weights_file=args.weights,
+                  device=str(resolve_device(params["runtime"]["device"])))
     log.info("saved %s", out)
     return 0
 
@@ -207,8 +214,10 @@ def cmd_finetune(args, params) -> int:
     device = _torch_setup(params, args.threads)
     if args.method not in params["methods"]:
         raise ConfigError(f"{args.params}: methods.{args.method}: no settings for method {args.method!r}")
+    from .models.registry import canonical_name
+
     ckpt = network.load(args.pretrained)
-    if ckpt.name != args.model:
+    if ckpt.name != canonical_name(args.model):
         raise RibError(f"{args.pretrained}: holds model {ckpt.name!r}, not {args.model!r}")
     schedule = method_schedule(params, args.method)
     _train_and_save(args, params, model=ckpt.model, spec_name=ckpt.name, arch=ckpt.arch,

@@ -103,10 +103,24 @@ def _check_names(params: dict) -> None:
             raise ConfigError(f"{section}: missing required key (suite {params['suite']!r} generates its data "
                               "and pretrains its models)")
     suite = get_suite(params)
+    from .errors import UnknownNameError
+    from .models.registry import get_model
+
     known_models = model_names(params)
+    slugs: dict[str, int] = {}
     for i, name in enumerate(params["grid"]["models"]):
-        if name not in known_models:
-            raise ConfigError(f"grid.models[{i}]: unknown model {name!r}{_close(name, known_models)}")
+        try:
+            spec = get_model(name, params)
+        except UnknownNameError as err:
+            message = str(err)
+            if message.startswith("unknown model"):
+                message = f"unknown model {name!r}{_close(name, known_models)}"
+            raise ConfigError(f"grid.models[{i}]: {message}") from None
+        if spec.slug in slugs:
+            raise ConfigError(f"grid.models[{i}]: {name!r} is the same model as grid.models[{slugs[spec.slug]}]")
+        slugs[spec.slug] = i
+    if params.get("local_models") and suite.synthetic:
+        raise ConfigError(f"local_models: suite {suite.name!r} has its own label space; local models need imagenet-rib")
     if suite.synthetic:
         from .models.registry import MINI_ARCHS
 

@@ -37,6 +37,10 @@ PATTERNS = {
 
 
 def path(kind: str, **fields) -> str:
+    if "model" in fields:  # model names may hold ':' and '/' (timm:..., open_clip:...)
+        from .models.registry import model_slug
+
+        fields["model"] = model_slug(fields["model"])
     return PATTERNS[kind].format(**fields)
 
 

@@ -1,5 +1,6 @@
 # Shared set-up: load and validate the configuration through rib, name the grid and its paths.
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -12,7 +13,7 @@ sys.path.insert(0, SRC)
 from rib import config as rib_config  # noqa: E402
 from rib import grid as rib_grid  # noqa: E402
 from rib.data.suites import get_suite  # noqa: E402
-from rib.models.registry import get_model  # noqa: E402
+from rib.models.registry import get_model, model_slug  # noqa: E402
 
 # The params file is the single configuration: the one given with --configfile, else params.yaml.
 PARAMS_FILE = os.path.relpath(workflow.overwrite_configfiles[-1]) if workflow.overwrite_configfiles else "params.yaml"
@@ -39,7 +40,7 @@ CONDA_ENV = "../envs/rib.yaml"
 wildcard_constraints:
     dataset="|".join(sorted(SUITE.datasets)),
     eval="|".join(sorted(SUITE.datasets)),
-    model="|".join(m.replace(".", r"\.") for m in PARAMS["grid"]["models"]),
+    model="|".join(re.escape(model_slug(m)) for m in PARAMS["grid"]["models"]),
     method="|".join(PARAMS["grid"]["methods"]),
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import FormatError, MissingFileError
+from ..errors import FormatError, MissingFileError, RibError
 from ..io import atomic_path
 from .registry import ModelSpec, Preprocessing
 
@@ -22,6 +22,11 @@ FORMAT = "rib.checkpoint/1"
 
 
 def create(arch: str, arch_kwargs: dict, num_classes: int) -> nn.Module:
+    """The architecture with random weights: a timm name, or ``open_clip:ARCH`` (image tower + head)."""
+    if arch.startswith("open_clip:"):
+        from . import clip
+
+        return clip.create(arch.split(":", 1)[1], num_classes)
     import timm
 
     return timm.create_model(arch, pretrained=False, num_classes=num_classes, **arch_kwargs)
@@ -74,7 +79,13 @@ def save(path: str | os.PathLike, model: nn.Module, *, name: str, arch: str, arc
 def load(path: str | os.PathLike, map_location="cpu") -> Checkpoint:
     path = Path(path)
     if not path.exists():
-        raise MissingFileError(f"{path}: checkpoint not found")
+        hint = ""
+        if path.name == "pretrained.pt" and len(path.parts) >= 3 and path.parts[-4:-3] == ("models",):
+            from .registry import canonical_name
+
+            hint = (f"; fetch it on a machine with internet: rib models fetch {canonical_name(path.parent.name)} "
+                    "(or `rib pretrain` for a rib-mini model)")
+        raise MissingFileError(f"{path}: checkpoint not found{hint}")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
@@ -93,29 +104,65 @@ def load(path: str | os.PathLike, map_location="cpu") -> Checkpoint:
                       Preprocessing.from_dict(payload["preprocessing"]), payload["meta"])
 
 
-def fetch_timm(name: str, out: str | os.PathLike, label_space: list[str], weights_file: str | None = None) -> None:
-    """Save timm's pretrained ``name`` as a rib checkpoint, with the model's own preprocessing.
+def _load_error(name: str, err: Exception, weights_file) -> RibError:
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    where = f"from {weights_file}" if weights_file else "(this needs internet: run it on a machine that has it)"
+    return RibError(f"{name}: could not load pretrained weights {where}: {first}")
+
+
+def fetch_timm(name: str, arch: str, out: str | os.PathLike, label_space: list[str],
+               weights_file: str | os.PathLike | None = None) -> None:
+    """Save timm's pretrained ``arch`` as the rib checkpoint ``name``, with the model's own preprocessing.
 
     The weights come from timm's download (the Hugging Face hub; needs internet) or, with
-    ``weights_file``, from a local file of the same weights.
+    ``weights_file``, from a local file of weights for that architecture.
     """
     import timm
     from timm.data import resolve_data_config
 
-    from ..errors import RibError
-
     overlay = {"pretrained_cfg_overlay": {"file": str(weights_file)}} if weights_file else {}
     try:
-        model = timm.create_model(name, pretrained=True, **overlay)
-    except Exception as err:  # hub, network and file errors come in many types
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        where = f"from {weights_file}" if weights_file else "(this needs internet: run it on a machine that has it)"
-        raise RibError(f"{name}: could not load pretrained weights {where}: {first}") from None
+        model = timm.create_model(arch, pretrained=True, **overlay)
+    except Exception as err:  # hub, network, file and shape errors come in many types
+        raise _load_error(name, err, weights_file) from None
     if model.num_classes != len(label_space):
         raise RibError(f"{name}: its head has {model.num_classes} classes, the suite's label space {len(label_space)}")
     cfg = resolve_data_config({}, model=model)
     prep = Preprocessing(int(cfg["input_size"][-1]), str(cfg["interpolation"]), float(cfg["crop_pct"]),
                          tuple(float(v) for v in cfg["mean"]), tuple(float(v) for v in cfg["std"]))
-    save(out, model, name=name, arch=name, arch_kwargs={}, label_space=label_space, preprocessing=prep,
-         meta={"kind": "pretrained", "weights": f"timm:{name}", "weights_file": str(weights_file or ""),
+    save(out, model, name=name, arch=arch, arch_kwargs={}, label_space=label_space, preprocessing=prep,
+         meta={"kind": "pretrained", "weights": f"timm:{arch}", "weights_file": str(weights_file or ""),
                "parameters": count_parameters(model), "feature_dim": feature_dim(model)})
+
+
+def fetch_open_clip(name: str, arch: str, pretrained: str, out: str | os.PathLike, label_space: list[str],
+                    classnames: list[str], templates: list, weights_file: str | os.PathLike | None = None,
+                    device: str = "cpu") -> None:
+    """Save an open_clip model with a zero-shot head over ``classnames`` (aligned with ``label_space``)."""
+    from . import clip
+
+    if len(classnames) != len(label_space):
+        raise RibError(f"{name}: {len(classnames)} class names for a label space of {len(label_space)}")
+    model, prep = clip.build(arch, pretrained, classnames, templates, weights_file=weights_file, device=device)
+    save(out, model, name=name, arch=f"open_clip:{arch}", arch_kwargs={}, label_space=label_space,
+         preprocessing=Preprocessing.from_dict(prep),
+         meta={"kind": "pretrained", "weights": f"open_clip:{arch}/{pretrained}", "weights_file": str(weights_file or ""),
+               "head": f"zero-shot, {len(templates)} templates", "parameters": count_parameters(model),
+               "feature_dim": feature_dim(model)})
+
+
+def fetch(spec, out: str | os.PathLike, label_space: list[str], weights_file: str | os.PathLike | None = None,
+          device: str = "cpu") -> None:
+    """Put a registry model's pretrained checkpoint at ``out`` (models/<suite>/<model>/pretrained.pt)."""
+    if spec.source == "timm":
+        fetch_timm(spec.name, spec.arch, out, label_space, weights_file)
+    elif spec.source == "file":
+        fetch_timm(spec.name, spec.arch, out, label_space, weights_file or spec.weights.split(":", 1)[1])
+    elif spec.source == "open_clip":
+        from . import clip
+
+        arch, _, tag = spec.weights.split(":", 1)[1].partition("/")
+        fetch_open_clip(spec.name, arch, tag, out, label_space, clip.imagenet_classnames(), clip.imagenet_templates(),
+                        weights_file=weights_file, device=device)
+    else:
+        raise RibError(f"model {spec.name!r} is not fetched (weights: {spec.weights}); see `rib pretrain`")

@@ -38,18 +38,41 @@ class ModelSpec:
     family: str = "cnn"  # cnn | vit
     # None: the model's own (timm's pretrained config), read when its weights are fetched
     preprocessing: Preprocessing | None = Preprocessing(224)
-    # 'pretrain:<corpus>': trained by the pipeline on a corpus of the suite; 'timm:<name.tag>':
-    # timm's pretrained weights, fetched once onto disk
+    # Where the weights come from:
+    #   'pretrain:<corpus>'      trained by the pipeline on a corpus of the suite (rib-mini)
+    #   'timm:<name.tag>'        timm's pretrained weights, fetched once onto disk
+    #   'open_clip:<arch>/<tag>' an open_clip model, given a zero-shot head
+    #   'file:<path>'            a weights file of the timm architecture ``arch``
     weights: str = ""
     description: str = ""
 
     @property
-    def pretrain_corpus(self) -> str | None:
-        return self.weights.split(":", 1)[1] if self.weights.startswith("pretrain:") else None
+    def source(self) -> str:
+        return self.weights.split(":", 1)[0]
 
     @property
-    def timm_weights(self) -> str | None:
-        return self.weights.split(":", 1)[1] if self.weights.startswith("timm:") else None
+    def pretrain_corpus(self) -> str | None:
+        return self.weights.split(":", 1)[1] if self.source == "pretrain" else None
+
+    @property
+    def slug(self) -> str:
+        return model_slug(self.name)
+
+
+def model_slug(name: str) -> str:
+    """A model's name as a path component (and DVC-safe): ``timm:X`` -> ``timm--X``,
+    ``open_clip:A/P`` -> ``open_clip--A--P``; registry names are unchanged."""
+    return name.replace(":", "--", 1).replace("/", "--")
+
+
+def canonical_name(name: str) -> str:
+    """The inverse of :func:`model_slug` (a name already canonical is returned as is)."""
+    if name.startswith("timm--"):
+        return "timm:" + name[len("timm--"):]
+    if name.startswith("open_clip--"):
+        arch, _, tag = name[len("open_clip--"):].partition("--")
+        return f"open_clip:{arch}/{tag}"
+    return name
 
 
 @dataclass(frozen=True)
@@ -118,11 +141,19 @@ def _paper_models() -> dict[str, ModelSpec]:
             for name, label in PAPER_MODELS.items()}
 
 
+def _local_models(params: dict) -> dict[str, ModelSpec]:
+    return {name: ModelSpec(name=name, arch=entry["arch"], family="cnn" if "resnet" in entry["arch"] else "vit",
+                            preprocessing=None, weights=f"file:{entry['weights']}",
+                            description=f"{entry['arch']} with weights from {entry['weights']}")
+            for name, entry in (params.get("local_models") or {}).items()}
+
+
 def models_for(params: dict) -> dict[str, ModelSpec]:
+    """The named models of the configuration's suite (prefixed names are resolved by get_model)."""
     if params["suite"] == "rib-mini":
         return _mini_models(params)
     if params["suite"] == "imagenet-rib":
-        return _paper_models()
+        return {**_paper_models(), **_local_models(params)}
     return {}
 
 
@@ -130,7 +161,32 @@ def model_names(params: dict) -> list[str]:
     return sorted(models_for(params))
 
 
+PREFIXES = ("timm:", "open_clip:")
+
+
+def _prefixed(name: str, params: dict) -> ModelSpec:
+    from ..errors import UnknownNameError
+
+    if params["suite"] != "imagenet-rib":
+        raise UnknownNameError(f"model {name!r}: timm: and open_clip: models need a suite with the ImageNet-1K "
+                               f"label space (imagenet-rib), not {params['suite']!r}")
+    kind, _, rest = name.partition(":")
+    if kind == "timm":
+        if not rest or " " in rest:
+            raise UnknownNameError(f"model {name!r}: expected timm:NAME.TAG, e.g. timm:vit_small_patch16_224.augreg_in21k")
+        return ModelSpec(name=name, arch=rest, family="cnn" if "resnet" in rest else "vit", preprocessing=None,
+                         weights=name, description=f"timm model {rest}")
+    arch, _, tag = rest.partition("/")
+    if not arch or not tag:
+        raise UnknownNameError(f"model {name!r}: expected open_clip:ARCH/PRETRAINED, e.g. open_clip:ViT-B-32/openai")
+    return ModelSpec(name=name, arch=f"open_clip:{arch}", family="cnn" if arch.startswith("RN") else "vit",
+                     preprocessing=None, weights=name, description=f"open_clip {arch} ({tag}) with a zero-shot head")
+
+
 def get_model(name: str, params: dict) -> ModelSpec:
+    name = canonical_name(name)
+    if name.startswith(PREFIXES):
+        return _prefixed(name, params)
     specs = models_for(params)
     if name not in specs:
         import difflib
@@ -141,3 +197,30 @@ def get_model(name: str, params: dict) -> ModelSpec:
 
         raise UnknownNameError(f"unknown model {name!r} for suite {params['suite']!r}{tail}")
     return specs[name]
+
+
+def check_available(spec: ModelSpec) -> None:
+    """For timm: and open_clip: models, check that the library knows the name (imports it; slow)."""
+    from ..errors import UnknownNameError
+
+    if spec.weights.startswith("timm:"):
+        import timm
+
+        known = timm.list_pretrained()
+        if spec.arch not in known:
+            import difflib
+
+            hint = difflib.get_close_matches(spec.arch, known, n=3)
+            tail = f"; did you mean {' or '.join('timm:' + h for h in hint)}?" if hint else ""
+            raise UnknownNameError(f"model {spec.name!r}: timm has no pretrained model {spec.arch!r}{tail}")
+    elif spec.weights.startswith("open_clip:"):
+        import open_clip
+
+        arch, _, tag = spec.weights.split(":", 1)[1].partition("/")
+        pairs = [f"{a}/{t}" for a, t in open_clip.list_pretrained()]
+        if f"{arch}/{tag}" not in pairs:
+            import difflib
+
+            hint = difflib.get_close_matches(f"{arch}/{tag}", pairs, n=3)
+            tail = f"; did you mean {' or '.join('open_clip:' + h for h in hint)}?" if hint else ""
+            raise UnknownNameError(f"model {spec.name!r}: open_clip has no pretrained {arch}/{tag}{tail}")
