@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import RibError
+from ..io import read_json
 from .suites import DatasetClass, DatasetSpec
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
@@ -75,15 +76,6 @@ OBJECTNET_FILES = ("folder_to_objectnet_label.json", "objectnet_to_imagenet_1k.j
                    "pytorch_to_imagenet_2012_id.json", "imagenet_to_label_2012_v2")
 
 
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise LayoutError(f"{path}: mapping file not found") from None
-    except json.JSONDecodeError as err:
-        raise LayoutError(f"{path}: not valid JSON ({err.msg})") from None
-
-
 def read_mapping(root: Path, label_space: tuple[str, ...]) -> tuple[DatasetClass, ...]:
     """ObjectNet's classes from the mapping files shipped in its archive (``ROOT/mappings/``).
 
@@ -94,9 +86,9 @@ def read_mapping(root: Path, label_space: tuple[str, ...]) -> tuple[DatasetClass
     sorted wnid list) to that id. Folders of classes with no ImageNet counterpart are left out.
     """
     maps = root / MAPPING_DIR
-    folder_label = _read_json(maps / OBJECTNET_FILES[0])
-    label_names = _read_json(maps / OBJECTNET_FILES[1])
-    to_2012 = _read_json(maps / OBJECTNET_FILES[2])
+    folder_label = read_json(maps / OBJECTNET_FILES[0])
+    label_names = read_json(maps / OBJECTNET_FILES[1])
+    to_2012 = read_json(maps / OBJECTNET_FILES[2])
     try:
         names_2012 = [line.strip() for line in (maps / OBJECTNET_FILES[3]).read_text().splitlines()]
     except FileNotFoundError:
