@@ -134,11 +134,8 @@ def cmd_models_fetch(args, params) -> int:
     from . import grid
     from .data.suites import get_suite
     from .models import network
-    from .models.registry import get_model
-
+    from .models.registry import check_available, get_model
     from .train import resolve_device
-
-    from .models.registry import check_available
 
     spec = get_model(args.model, params)
     check_available(spec)
