@@ -17,7 +17,8 @@ install: $(STAMP)
 run: install  ## the default grid through Snakemake, all cores
 	$(BIN)/snakemake --cores all
 
-dvc: install  ## the same grid through DVC
+dvc: install  ## the same grid through DVC (dvc.yaml regenerated from params.yaml first)
+	$(BIN)/python -m rib dvc
 	$(BIN)/dvc repro
 
 test: install  ## the whole test suite (unit tests and end-to-end Snakemake/DVC runs)

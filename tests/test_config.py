@@ -30,9 +30,11 @@ def test_default_and_tiny_params_are_valid(default_params, tiny_params):
 def test_default_grid_is_the_issue_grid(default_params):
     g = default_params["grid"]
     assert g["datasets"] == ["v2", "a", "r", "sketch", "objectnet", "cartoon", "drawing", "c"]
-    assert set(g["methods"]) == {"ft", "lp"}
-    # both pretraining corpora for each architecture (a CNN and a ViT)
-    assert set(g["models"]) == {f"{a}.{c}" for a in ("mini_resnet", "mini_vit") for c in ("narrow", "diverse")}
+    from rib.methods import METHODS, implementation
+
+    assert {implementation(default_params, m) for m in g["methods"]} == set(METHODS)  # every method
+    # both pretraining corpora, on the transformer (LoRA needs attention)
+    assert set(g["models"]) == {"mini_vit.narrow", "mini_vit.diverse"}
 
 
 def test_unknown_top_level_key(default_params):
@@ -78,8 +80,11 @@ def test_unknown_model_suggests_close_name(default_params):
 
 
 def test_unknown_method(default_params):
-    default_params["grid"]["methods"] = ["ft", "lora"]
-    assert error_of(default_params).startswith("params.yaml: grid.methods[1]: unknown method 'lora'")
+    default_params["grid"]["methods"] = ["ft", "lorra"]
+    assert error_of(default_params) == ("params.yaml: grid.methods[1]: no methods entry 'lorra'; did you mean 'lora'? "
+                                        "(add it under 'methods', {} for the defaults)")
+    default_params["methods"]["lorra"] = {}
+    assert error_of(default_params).startswith("params.yaml: methods.lorra: unknown method 'lorra'; did you mean 'lora'?")
 
 
 def test_unknown_dataset(default_params):
@@ -99,12 +104,12 @@ def test_empty_grid(default_params):
 
 def test_model_not_pretrained_by_configuration(default_params):
     default_params["pretrain"]["corpora"] = ["narrow"]
-    assert "grid.models[1]: 'mini_resnet.diverse' is not pretrained" in error_of(default_params)
+    assert "grid.models[1]: 'mini_vit.diverse' is not pretrained" in error_of(default_params)
 
 
 def test_method_in_grid_needs_settings(default_params):
-    del default_params["methods"]["lp"]
-    assert "grid.methods[1]: method 'lp' has no entry under 'methods'" in error_of(default_params)
+    del default_params["methods"]["lora"]
+    assert "grid.methods[3]: no methods entry 'lora'" in error_of(default_params)
 
 
 def test_focus_dataset_must_be_in_grid(default_params):

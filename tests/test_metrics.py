@@ -62,7 +62,7 @@ def test_tables_from_cells(tmp_path, tiny_params):
     params = tiny_params
     params["grid"]["datasets"] = ["sketch", "c", "r"]
     params["grid"]["methods"] = ["ft"]
-    m = "mini_resnet.narrow"
+    m = "mini_vit.narrow"
     pre = {"source": (0.90, 0.92), "sketch": (0.50, 0.52), "c": (0.70, 0.68), "r": (0.40, 0.44)}
     for ev, (a, h) in pre.items():
         _write_cell(tmp_path, grid.Cell(m, grid.PRETRAINED, None, ev), "rib-mini", a, h)
@@ -74,7 +74,8 @@ def test_tables_from_cells(tmp_path, tiny_params):
             own = ev == dft
             _write_cell(tmp_path, grid.Cell(m, "ft", dft, ev), "rib-mini", a, a if own else None,
                         subset="heldout" if own else "all")
-    outs = {k: str(tmp_path / f"{k}.out") for k in ("cells", "metrics", "summary", "summary_md", "methods_summary")}
+    outs = {k: str(tmp_path / f"{k}.out") for k in ("cells", "metrics", "summary", "summary_md", "methods_summary",
+                                                              "sweeps")}
     aggregate.write_tables(params, outs, root=tmp_path)
 
     cells = pd.read_csv(outs["cells"])
@@ -100,7 +101,8 @@ def test_tables_from_cells(tmp_path, tiny_params):
 
 
 def test_missing_cell_is_named(tmp_path, tiny_params):
-    outs = {k: str(tmp_path / f"{k}.out") for k in ("cells", "metrics", "summary", "summary_md", "methods_summary")}
-    with pytest.raises(FileNotFoundError, match="results/rib-mini/mini_resnet.narrow/pretrained/source.json"):
+    outs = {k: str(tmp_path / f"{k}.out") for k in ("cells", "metrics", "summary", "summary_md", "methods_summary",
+                                                              "sweeps")}
+    with pytest.raises(FileNotFoundError, match="results/rib-mini/mini_vit.narrow/pretrained/source.json"):
         aggregate.write_tables(tiny_params, outs, root=tmp_path)
     assert not list(tmp_path.iterdir())  # no table written

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO, TINY_PARAMS, job_counts, rib_env
+from tests.conftest import REPO, TINY_PARAMS, job_counts, rib_env, run_rib
 
 pytestmark = pytest.mark.e2e
 
@@ -63,27 +63,41 @@ def snakemake_run(tmp_path_factory):
 def test_snakemake_runs_the_whole_tiny_grid(snakemake_run):
     ws, first = snakemake_run
     counts = job_counts(first.stdout + first.stderr)
-    # 1 model x 2 methods x 2 datasets; 3 evaluation datasets (source, sketch, c) and 1 corpus (narrow)
+    # 1 model x 2 datasets x every method: 10 trained entries (9 methods + Model Stock's second FT run),
+    # 9 of them evaluated as table rows, 4 weight-space methods; 3 evaluation datasets and 1 corpus
     assert counts == {"generate": 3, "generate_corpus": 1, "prepare": 3, "prepare_corpus": 1, "pretrain": 1,
-                      "finetune": 4, "evaluate_pretrained": 1, "evaluate_finetuned": 4, "aggregate": 1,
-                      "figures": 1, "all": 1}
+                      "finetune": 20, "evaluate_pretrained": 1, "evaluate_finetuned": 18, "combine": 8,
+                      "aggregate": 1, "figures": 1, "all": 1}
     reports = ws / "reports" / "rib-mini"
-    for name in ("cells.csv", "metrics.csv", "summary.csv", "summary.md", "summary_by_method.csv",
+    for name in ("cells.csv", "metrics.csv", "summary.csv", "summary.md", "summary_by_method.csv", "sweeps.csv",
                  "figures/radar.png", "figures/bar.png"):
         assert (reports / name).stat().st_size > 0, name
     cells = pd.read_csv(reports / "cells.csv")
-    assert len(cells) == 3 + 4 * 3  # (pretrained + 4 fine-tuned checkpoints) x 3 evaluation datasets
+    assert len(cells) == 3 + 13 * 2 * 3  # (pretrained + 13 methods x 2 D_ft) x 3 evaluation datasets
+    by_method = pd.read_csv(reports / "summary_by_method.csv")
+    assert list(by_method.method) == ["ft", "lp", "lp_ft", "lora", "visual_prompt", "ewc", "l2sp", "lwf", "mas",
+                                      "wise_ft", "uniform_soup", "greedy_soup", "model_stock"]
+    # the jobs ran in forks of the warm rib server
+    assert "rib server on" in (ws / "logs/rib-mini/server.log").read_text()
     # every job wrote its log, and the fine-tuning logs show per-epoch progress
-    log = (ws / "logs/rib-mini/finetune/mini_resnet.narrow/ft/sketch.log").read_text()
+    log = (ws / "logs/rib-mini/finetune/mini_vit.narrow/ft/sketch.log").read_text()
     assert "ft epoch 2/2" in log
     # a table cell re-derived by hand from the cell files
     summary = pd.read_csv(reports / "summary.csv").set_index(["method", "finetune_dataset"])
-    pre = {p.stem: json.loads(p.read_text()) for p in (ws / "results/rib-mini/mini_resnet.narrow/pretrained").glob("*.json")}
-    ft = {p.stem: json.loads(p.read_text()) for p in (ws / "results/rib-mini/mini_resnet.narrow/lp/sketch").glob("*.json")}
+    pre = {p.stem: json.loads(p.read_text()) for p in (ws / "results/rib-mini/mini_vit.narrow/pretrained").glob("*.json")}
+    ft = {p.stem: json.loads(p.read_text()) for p in (ws / "results/rib-mini/mini_vit.narrow/lp/sketch").glob("*.json")}
     mri = 100 * (ft["c"]["top1"] - pre["c"]["subsets"]["all"]["top1"])  # only OOD dataset: c
     assert summary.loc[("lp", "sketch"), "mri"] == pytest.approx(mri, abs=1e-3)
     assert summary.loc[("lp", "sketch"), "finetune_pre"] == pytest.approx(
         100 * pre["sketch"]["subsets"]["heldout"]["top1"], abs=1e-3)
+    # WiSE-FT's sweep: alpha 0 is the pretrained model, alpha 1 the fine-tuned one
+    sweeps = pd.read_csv(reports / "sweeps.csv").set_index(["finetune_dataset", "alpha"])
+    assert sorted(sweeps.loc["c"].index) == [0.0, 0.5, 1.0]
+    assert sweeps.loc[("c", 0.0), "ood"] == pytest.approx(100 * pre["sketch"]["top1"], abs=1e-3)
+    assert sweeps.loc[("c", 1.0), "ood"] == pytest.approx(summary.loc[("ft", "c"), "ood_ft"], abs=1e-3)
+    soup = json.loads((ws / "results/rib-mini/mini_vit.narrow/greedy_soup/c/source.json").read_text())
+    assert soup["combination"]["greedy_trail"][0]["added"] and soup["checkpoint"] is None
+    assert set(soup["combination"]["ingredients"]) == {"ft", "lp_ft", "l2sp", "ewc"}
 
 
 def test_second_snakemake_run_does_nothing(snakemake_run):
@@ -94,7 +108,7 @@ def test_second_snakemake_run_does_nothing(snakemake_run):
 
 def test_one_cell_regenerates_with_only_its_dependencies(snakemake_run, tmp_path):
     ws, _ = snakemake_run
-    cell = "results/rib-mini/mini_resnet.narrow/lp/c/sketch.json"
+    cell = "results/rib-mini/mini_vit.narrow/lp/c/sketch.json"
     before = json.loads((ws / cell).read_text())["subsets"]
     (ws / cell).unlink()
     out = snakemake(ws, cell)
@@ -103,14 +117,24 @@ def test_one_cell_regenerates_with_only_its_dependencies(snakemake_run, tmp_path
     # from scratch, the same target needs only its own chain: no other method, dataset or evaluation
     fresh = make_workspace(tmp_path / "fresh")
     plan = snakemake(fresh, "-n", cell)
-    assert job_counts(plan.stdout + plan.stderr) == {"generate": 3, "generate_corpus": 1, "prepare": 3,
-                                                      "prepare_corpus": 1, "pretrain": 1, "finetune": 1,
-                                                      "evaluate_finetuned": 1}
+    chain = {"generate": 3, "generate_corpus": 1, "prepare": 3, "prepare_corpus": 1, "pretrain": 1}
+    assert job_counts(plan.stdout + plan.stderr) == {**chain, "finetune": 1, "evaluate_finetuned": 1}
+    # LP-FT's cell needs the linear probe first (found through the DAG); Model Stock's its two FT runs
+    plan = snakemake(fresh, "-n", "results/rib-mini/mini_vit.narrow/lp_ft/c/sketch.json")
+    assert job_counts(plan.stdout + plan.stderr) == {**chain, "finetune": 2, "evaluate_finetuned": 1}
+    assert "checkpoints/rib-mini/mini_vit.narrow/lp/c/model.pt" in plan.stdout
+    plan = snakemake(fresh, "-n", "results/rib-mini/mini_vit.narrow/model_stock/c/sketch.json")
+    assert job_counts(plan.stdout + plan.stderr) == {**chain, "finetune": 2, "combine": 1}
+    assert "checkpoints/rib-mini/mini_vit.narrow/ft_seed1/c/model.pt" in plan.stdout
 
 
 def test_dvc_repro_gives_the_same_numbers_and_reruns_nothing(snakemake_run, tmp_path):
     ws, _ = snakemake_run
     dws = make_workspace(tmp_path / "dvc")
+    # dvc.yaml is generated from the params file: the default one does not fit the tiny grid
+    stale = run_rib("dvc", "--check", cwd=dws, check=False)
+    assert stale.returncode == 2 and "dvc.yaml: out of date with params.yaml" in stale.stderr
+    run_rib("dvc", cwd=dws)
     dvc(dws, "init", "--no-scm", "-q")
     dvc(dws, "repro")
     assert cell_numbers(dws) == cell_numbers(ws)
@@ -137,9 +161,9 @@ def test_configfile_selects_another_params_file(tmp_path):
     shutil.copy2(REPO / "params.yaml", ws / "params.yaml")
     shutil.copy2(TINY_PARAMS, ws / "tiny.yaml")
     default = snakemake(ws, "-n")
-    assert job_counts(default.stdout)["finetune"] == 64
+    assert job_counts(default.stdout)["finetune"] == 160
     tiny = snakemake(ws, "-n", "--configfile", "tiny.yaml")
-    assert job_counts(tiny.stdout)["finetune"] == 4
+    assert job_counts(tiny.stdout)["finetune"] == 20
     # the rib commands of the jobs read the same file: 4 classes x 8 images, not 10 x 40
     snakemake(ws, "data/rib-mini/prepared/sketch", "--configfile", "tiny.yaml")  # (--configfile takes several)
     info = json.loads((ws / "data/rib-mini/prepared/sketch/info.json").read_text())

@@ -440,9 +440,11 @@ def test_snakemake_dry_run_of_the_paper_grid_without_data(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
     counts = job_counts(out)
-    # 7 models x 2 methods x 8 datasets; 9 datasets and 7 weight files to fetch
+    # 7 models x 8 datasets x (10 trained entries: 9 methods + Model Stock's second FT; 9 of them in the
+    # tables, 4 weight-space methods); 9 datasets and 7 weight files to fetch
     assert counts["fetch"] == 9 and counts["fetch_weights"] == 7 and counts["prepare"] == 9
-    assert counts["finetune"] == 112 and counts["evaluate_finetuned"] == 112 and counts["evaluate_pretrained"] == 7
+    assert counts["finetune"] == 560 and counts["evaluate_finetuned"] == 504 and counts["evaluate_pretrained"] == 7
+    assert counts["combine"] == 224
     assert "to download (rule fetch, needs internet): v2, a, r, sketch, cartoon, drawing, c" in out
     assert "to add by hand: imagenet:" in out and "to add by hand: objectnet:" in out
 
@@ -466,6 +468,8 @@ def test_dvc_pipeline_of_the_paper_grid():
     kinds = {}
     for s in stages:
         kinds[s.split("@")[0]] = kinds.get(s.split("@")[0], 0) + 1
-    assert kinds == {"fetch-source": 1, "fetch": 8, "prepare-source": 1, "prepare": 8, "fetch-weights": 7,
-                     "finetune": 112, "evaluate-pretrained": 7, "evaluate-finetuned": 112, "aggregate": 1,
-                     "figures": 1}
+    trained = ["ft", "lp", "lp_ft", "lora", "visual_prompt", "ewc", "l2sp", "lwf", "mas", "ft_seed1"]
+    combined = ["wise_ft", "uniform_soup", "greedy_soup", "model_stock"]
+    assert kinds == {"fetch": 9, "prepare": 9, "fetch-weights": 7, **{f"finetune-{m}": 56 for m in trained},
+                     "evaluate-pretrained": 7, "evaluate-finetuned": 504, **{f"combine-{m}": 56 for m in combined},
+                     "aggregate": 1, "figures": 1}

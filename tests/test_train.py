@@ -69,8 +69,9 @@ def test_a_final_batch_of_one_image_is_dropped(in_tiny_suite, tiny_pretrained, t
     ckpt, data, proj, _, method = _setup(tiny_pretrained, "ft")
     n = len(data)
     sched = Schedule(epochs=1, batch_size=n - 1, lr=0.01, momentum=0.9, weight_decay=0.0, warmup_steps=0)
-    history = fit(ckpt.model, method, data, proj, ckpt.preprocessing, sched, seed=0, device=torch.device("cpu"),
-                  state_path=tmp_path / "s.pt", run_fingerprint="x", show_progress=False)
+    history, _, _ = fit(ckpt.model, method, data, proj, ckpt.preprocessing, sched, seed=0,
+                        device=torch.device("cpu"), state_path=tmp_path / "s.pt", run_fingerprint="x",
+                        show_progress=False)
     assert torch.load(tmp_path / "s.pt", weights_only=True)["step"] == 1
     assert history[0]["train_top1"] >= 0
 

@@ -6,6 +6,8 @@
 * ``summary.csv`` / ``summary.md``: one row per (model, method, D_ft): source-domain accuracy
   before/after, D_ft accuracy before/after, average OOD accuracy before/after, and mRI.
 * ``summary_by_method.csv``: the same averaged over D_ft, one row per (model, method).
+* ``sweeps.csv``: weight-space methods evaluated at several settings (WiSE-FT's mixing weights):
+  one row per (model, method, D_ft, alpha) with source, D_ft and average OOD accuracy.
 
 Tables give accuracies in percent.
 """
@@ -28,10 +30,16 @@ def collect(params: dict, root: str | os.PathLike = ".") -> pd.DataFrame:
     root = Path(root)
     suite = params["suite"]
     source = params["grid"]["source"]
-    rows = []
+    rows, sweeps = [], []
     for cell in grid.cells(params):
         path = root / cell.path(suite)
         rec = read_json(path)
+        for point in rec.get("sweep", []):
+            sweeps.append({"model": cell.model, "method": cell.method, "finetune_dataset": cell.finetune_dataset,
+                           "alpha": point.get("alpha"), "eval_dataset": cell.eval_dataset,
+                           "role": "source" if cell.eval_dataset == source else (
+                               "finetune" if cell.eval_dataset == cell.finetune_dataset else "ood"),
+                           "top1": point["top1"]})
         for key in ("top1", "subset", "n", "subsets"):
             if key not in rec:
                 raise ValueError(f"{path}: cell record has no {key!r}")
@@ -45,7 +53,24 @@ def collect(params: dict, root: str | os.PathLike = ".") -> pd.DataFrame:
             "heldout_top1": held.get("top1", float("nan")), "scoring": rec.get("scoring", ""),
             "file": cell.path(suite),
         })
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    frame.attrs["sweeps"] = pd.DataFrame(sweeps)
+    return frame
+
+
+def sweep_table(points: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, method, D_ft, alpha): accuracy on the source domain, on D_ft (held-out) and the
+    mean over the OOD datasets, in percent."""
+    columns = ["model", "method", "finetune_dataset", "alpha", "source", "finetune", "ood", "n_ood"]
+    if points.empty:
+        return pd.DataFrame(columns=columns)
+    out = []
+    for key, g in points.groupby(["model", "method", "finetune_dataset", "alpha"], sort=False):
+        ood = g[g.role == "ood"]
+        out.append(dict(zip(columns[:4], key), source=100 * g[g.role == "source"].top1.mean(),
+                        finetune=100 * g[g.role == "finetune"].top1.mean(), ood=100 * ood.top1.mean(),
+                        n_ood=len(ood)))
+    return pd.DataFrame(out, columns=columns)
 
 
 def metrics_table(cells: pd.DataFrame) -> pd.DataFrame:
@@ -109,6 +134,8 @@ def write_tables(params: dict, out_paths: dict[str, str], root: str | os.PathLik
     table = metrics_table(cells)
     summary = summary_table(table)
     by_method = method_summary(summary)
+    sweeps = sweep_table(cells.attrs.get("sweeps", pd.DataFrame()))
+    write_csv(sweeps, out_paths["sweeps"])
     write_csv(cells, out_paths["cells"])
     write_csv(table, out_paths["metrics"])
     write_csv(summary, out_paths["summary"])
@@ -121,4 +148,4 @@ def write_tables(params: dict, out_paths: dict[str, str], root: str | os.PathLik
           "\n## Per fine-tuning dataset\n\n" + to_markdown(summary.drop(columns=["n_ood"])))
     with atomic_path(out_paths["summary_md"]) as tmp:
         tmp.write_text(md)
-    return {"cells": cells, "metrics": table, "summary": summary, "methods_summary": by_method}
+    return {"cells": cells, "metrics": table, "summary": summary, "methods_summary": by_method, "sweeps": sweeps}

@@ -146,8 +146,24 @@ def cmd_models_fetch(args, params) -> int:
     return 0
 
 
+def _reference_loader(data_dir, prep, show_progress: bool):
+    """Pretraining-domain images for importance weights: ``samples`` rows drawn with ``seed``."""
+    def load(samples: int, seed: int):
+        import torch
+
+        from .data.loading import ImageDataset, preload
+        from .data.manifest import load_prepared
+
+        prepared = load_prepared(data_dir)
+        rows = prepared.select(None)
+        pick = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))[:samples].tolist()
+        ds = ImageDataset(prepared.root, [rows[i] for i in sorted(pick)], prep, prepared.border)
+        return preload(ds, f"{prepared.name} (reference)", show_progress)
+    return load
+
+
 def _train_and_save(args, params, *, model, spec_name, arch, arch_kwargs, label_space, prep, method, data_dir,
-                    part, schedule, meta, device):
+                    part, schedule, meta, device, seed, reference_dir=None):
     from .data.labels import LabelProjection
     from .data.loading import open_dataset
     from .data.manifest import load_prepared
@@ -160,17 +176,19 @@ def _train_and_save(args, params, *, model, spec_name, arch, arch_kwargs, label_
     projection = LabelProjection(prepared.classes, label_space)
     sched = Schedule.from_config(schedule)
     state = args.state or str(Path(args.out).with_name("state.pt"))
-    run_fp = fingerprint(meta=meta, manifest=prepared.info["manifest_sha256"], seed=params["seed"])
+    run_fp = fingerprint(meta=meta, manifest=prepared.info["manifest_sha256"], seed=seed)
+    reference = _reference_loader(reference_dir, prep, not args.quiet) if reference_dir else None
     t0 = time.time()
-    history = fit(model, method, data, projection, prep, sched, seed=params["seed"], device=device,
-                  state_path=state, run_fingerprint=run_fp, workers=params["runtime"]["loader_workers"],
-                  desc=meta.get("method", "train"), show_progress=not args.quiet,
-                  stop_after_epoch=args.stop_after_epoch)
+    history, final, wrapper = fit(model, method, data, projection, prep, sched, seed=seed, device=device,
+                                  state_path=state, run_fingerprint=run_fp,
+                                  workers=params["runtime"]["loader_workers"], desc=meta.get("method", "train"),
+                                  show_progress=not args.quiet, stop_after_epoch=args.stop_after_epoch,
+                                  reference=reference)
     meta = {**meta, "schedule": schedule, "history": history, "train_images": len(data),
-            "train_manifest_sha256": prepared.info["manifest_sha256"], "seed": params["seed"],
+            "train_manifest_sha256": prepared.info["manifest_sha256"], "seed": seed,
             "train_seconds": round(time.time() - t0, 3), **_provenance(device)}
-    network.save(args.out, model, name=spec_name, arch=arch, arch_kwargs=arch_kwargs, label_space=label_space,
-                 preprocessing=prep, meta=meta)
+    network.save(args.out, final, name=spec_name, arch=arch, arch_kwargs=arch_kwargs, label_space=label_space,
+                 preprocessing=prep, meta=meta, wrapper=wrapper)
     Path(state).unlink(missing_ok=True)
     log.info("saved %s", args.out)
 
@@ -195,74 +213,207 @@ def cmd_pretrain(args, params) -> int:
     torch.manual_seed(params["seed"])
     model = network.build(spec, len(suite.label_space))
     _train_and_save(args, params, model=model, spec_name=spec.name, arch=spec.arch, arch_kwargs=spec.arch_kwargs,
-                    label_space=list(suite.label_space), prep=spec.preprocessing, method=get_method("ft", schedule),
-                    data_dir=args.data, part=None, schedule=schedule, device=device,
+                    label_space=list(suite.label_space), prep=spec.preprocessing, method=get_method("ft", {**schedule, "entry": "pretrain"}),
+                    data_dir=args.data, part=None, schedule=schedule, device=device, seed=params["seed"],
                     meta={"kind": "pretrained", "method": "pretrain", "corpus": corpus, "suite": suite.name,
                           "parameters": network.count_parameters(model), "feature_dim": network.feature_dim(model)})
     return 0
 
 
+def _check_init(path, *, entry: str, init_entry: str, dataset: str, pretrained_sha: str):
+    """LP-FT's starting point: the linear probe of the same pretrained model on the same dataset."""
+    from .models import network
+
+    ckpt = network.load(path)
+    meta = ckpt.meta
+    if meta.get("kind") != "finetuned" or meta.get("method") != init_entry:
+        raise RibError(f"{path}: methods.{entry} starts from a checkpoint of {init_entry!r}; this one is "
+                       f"{meta.get('method', meta.get('kind'))!r}")
+    if meta.get("finetune_dataset") != dataset:
+        raise RibError(f"{path}: fine-tuned on {meta.get('finetune_dataset')!r}, not {dataset!r}")
+    if meta.get("pretrained_sha256") != pretrained_sha:
+        raise RibError(f"{path}: made from other pretrained weights than the ones given with --pretrained")
+    return ckpt
+
+
 def cmd_finetune(args, params) -> int:
     from .config import method_schedule
     from .io import sha256_file
-    from .methods import get_method
+    from .methods import entry_info, get_method, init_entry
     from .models import network
-
-    device = _torch_setup(params, args.threads)
-    if args.method not in params["methods"]:
-        raise ConfigError(f"{args.params}: methods.{args.method}: no settings for method {args.method!r}")
     from .models.registry import canonical_name
 
+    entry = args.method
+    if entry not in params["methods"]:
+        raise ConfigError(f"{args.params}: methods.{entry}: no settings for method {entry!r}")
+    info = entry_info(params, entry)
+    if info.kind != "train":
+        raise RibError(f"method {entry!r} combines finished models without training; run `rib combine`")
+    schedule = method_schedule(params, entry)
+    seed = int(schedule.get("seed", params["seed"]))
+    device = _torch_setup(params, args.threads)
     ckpt = network.load(args.pretrained)
+    pretrained_sha = sha256_file(args.pretrained)
     if ckpt.name != canonical_name(args.model):
         raise RibError(f"{args.pretrained}: holds model {ckpt.name!r}, not {args.model!r}")
-    schedule = method_schedule(params, args.method)
-    _train_and_save(args, params, model=ckpt.model, spec_name=ckpt.name, arch=ckpt.arch,
-                    arch_kwargs=ckpt.arch_kwargs, label_space=ckpt.label_space, prep=ckpt.preprocessing,
-                    method=get_method(args.method, schedule), data_dir=args.data, part="finetune",
-                    schedule=schedule, device=device,
-                    meta={"kind": "finetuned", "method": args.method, "finetune_dataset": args.dataset,
-                          "suite": params["suite"], "pretrained": str(args.pretrained),
-                          "pretrained_sha256": sha256_file(args.pretrained),
-                          "parameters": network.count_parameters(ckpt.model),
-                          "feature_dim": network.feature_dim(ckpt.model)})
+    start = init_entry(params, entry)
+    meta = {"kind": "finetuned", "method": entry, "implementation": schedule["method"],
+            "finetune_dataset": args.dataset, "suite": params["suite"], "pretrained": str(args.pretrained),
+            "pretrained_sha256": pretrained_sha, "parameters": network.count_parameters(ckpt.model),
+            "feature_dim": network.feature_dim(ckpt.model)}
+    model = ckpt.model
+    if start is not None:
+        if not args.init:
+            raise RibError(f"methods.{entry} starts from the finished {start!r} checkpoint of this model and dataset; "
+                           f"pass it with --init (the pipeline does: it is the {start!r} job's output)")
+        model = _check_init(args.init, entry=entry, init_entry=start, dataset=args.dataset,
+                            pretrained_sha=pretrained_sha).model
+        meta.update(init=str(args.init), init_sha256=sha256_file(args.init))
+    elif args.init:
+        raise RibError(f"--init: methods.{entry} ({schedule['method']}) starts from the pretrained model")
+    if info.needs_reference and not args.reference:
+        raise RibError(f"methods.{entry} needs pretraining-domain images for its importance weights; pass the "
+                       "prepared folder with --reference (the pipeline passes the model's pretraining corpus, "
+                       "else grid.source)")
+    if args.reference:
+        meta["reference"] = str(args.reference)
+    _train_and_save(args, params, model=model, spec_name=ckpt.name, arch=ckpt.arch, arch_kwargs=ckpt.arch_kwargs,
+                    label_space=ckpt.label_space, prep=ckpt.preprocessing, method=get_method(schedule["method"], schedule),
+                    data_dir=args.data, part="finetune", schedule=schedule, device=device, seed=seed, meta=meta,
+                    reference_dir=args.reference if info.needs_reference else None)
     return 0
 
 
-def cmd_evaluate(args, params) -> int:
+def _eval_settings(params, args, device) -> dict:
+    ev = params["evaluate"]
+    return dict(scoring=ev["scoring"], batch_size=ev["batch_size"], device=device,
+                precision=params["train"]["precision"], workers=params["runtime"]["loader_workers"],
+                preload=params["runtime"]["preload"], show_progress=not args.quiet)
+
+
+def _eval_datasets(params, folders):
+    from . import grid
     from .data.manifest import load_prepared
+
+    folders = folders or [grid.data_dir(params, d) for d in grid.eval_datasets(params)]
+    return [load_prepared(d) for d in folders]
+
+
+def _write_cells(out_dir, datasets, records, common: dict) -> None:
+    from .io import write_json
+
+    out_dir = Path(out_dir)
+    for prepared, rec in zip(datasets, records):
+        write_json(out_dir / f"{prepared.name}.json",
+                   {**common, **rec, "manifest_sha256": prepared.info["manifest_sha256"],
+                    "skipped_images": prepared.info.get("skipped_images", 0)})
+
+
+def cmd_evaluate(args, params) -> int:
     from .evaluate import evaluate_checkpoint
     from .grid import PRETRAINED
-    from .io import sha256_file, write_json
+    from .io import sha256_file
     from .models import network
 
     device = _torch_setup(params, args.threads)
     ckpt = network.load(args.checkpoint)
     meta = ckpt.meta
     finetuned_on = meta.get("finetune_dataset")
-    from . import grid
-
-    folders = args.datasets or [grid.data_dir(params, d) for d in grid.eval_datasets(params)]
-    datasets = [load_prepared(d) for d in folders]
-    ev = params["evaluate"]
+    datasets = _eval_datasets(params, args.datasets)
     records = evaluate_checkpoint(ckpt.model, ckpt.label_space, ckpt.preprocessing, datasets,
-                                  finetuned_on=finetuned_on, scoring=ev["scoring"], batch_size=ev["batch_size"],
-                                  device=device, precision=params["train"]["precision"],
-                                  workers=params["runtime"]["loader_workers"], preload=params["runtime"]["preload"],
-                                  show_progress=not args.quiet)
-    digest = sha256_file(args.checkpoint)
+                                  finetuned_on=finetuned_on, **_eval_settings(params, args, device))
     common = {"suite": meta.get("suite", params["suite"]), "model": ckpt.name,
               "method": meta["method"] if meta.get("kind") == "finetuned" else PRETRAINED,
-              "finetune_dataset": finetuned_on, "scoring": ev["scoring"],
+              "finetune_dataset": finetuned_on, "scoring": params["evaluate"]["scoring"],
               "model_info": {"parameters": meta.get("parameters"), "feature_dim": meta.get("feature_dim"),
                              "arch": ckpt.arch},
-              "checkpoint": str(args.checkpoint), "checkpoint_sha256": digest, "seed": params["seed"],
-              **_provenance(device)}
-    out_dir = Path(args.out_dir)
-    for prepared, rec in zip(datasets, records):
-        write_json(out_dir / f"{prepared.name}.json",
-                   {**common, **rec, "manifest_sha256": prepared.info["manifest_sha256"],
-                    "skipped_images": prepared.info.get("skipped_images", 0)})
+              "checkpoint": str(args.checkpoint), "checkpoint_sha256": sha256_file(args.checkpoint),
+              "seed": meta.get("seed", params["seed"]), **_provenance(device)}
+    _write_cells(args.out_dir, datasets, records, common)
+    return 0
+
+
+def cmd_combine(args, params) -> int:
+    """A weight-space method: build its model(s) from finished checkpoints and evaluate them."""
+    from .config import method_schedule
+    from .data.manifest import load_prepared
+    from .evaluate import evaluate_checkpoint, predict
+    from .io import sha256_file
+    from .methods import entry_info, get_method, ingredients
+    from .methods.weights import check_compatible
+    from .models import network
+
+    entry = args.method
+    if entry not in params["methods"]:
+        raise ConfigError(f"{args.params}: methods.{entry}: no settings for method {entry!r}")
+    if entry_info(params, entry).kind != "weights":
+        raise RibError(f"method {entry!r} trains a model; run `rib finetune` and `rib evaluate`")
+    config = method_schedule(params, entry)
+    names = ingredients(params, entry)
+    if len(args.ingredients) != len(names):
+        raise RibError(f"methods.{entry} combines {len(names)} checkpoints ({', '.join(names)}); "
+                       f"{len(args.ingredients)} given")
+    device = _torch_setup(params, args.threads)
+    base = network.load(args.pretrained)
+    pretrained_sha = sha256_file(args.pretrained)
+    theta0 = {k: v.detach().clone() for k, v in base.model.state_dict().items()}
+    states, sources = {}, {}
+    for name, path in zip(names, args.ingredients):
+        ckpt = network.load(path)
+        meta = ckpt.meta
+        if meta.get("method") != name or meta.get("finetune_dataset") != args.dataset:
+            raise RibError(f"{path}: expected the {name!r} checkpoint fine-tuned on {args.dataset!r}, found "
+                           f"{meta.get('method')!r} on {meta.get('finetune_dataset')!r}")
+        if meta.get("pretrained_sha256") != pretrained_sha:
+            raise RibError(f"{path}: made from other pretrained weights than {args.pretrained}")
+        if ckpt.wrapper:
+            raise RibError(f"{path}: holds a {ckpt.wrapper['kind']} around the model; weight-space methods need "
+                           "plain fine-tuned models")
+        states[name] = ckpt.model.state_dict()
+        sources[name] = {"checkpoint": str(path), "checkpoint_sha256": sha256_file(path)}
+    try:
+        check_compatible(theta0, states)
+    except ValueError as err:
+        raise RibError(f"methods.{entry}: {err}") from None
+
+    settings = _eval_settings(params, args, device)
+    loaded: dict = {}
+    own = load_prepared(args.data) if args.data else next(
+        (d for d in _eval_datasets(params, None) if d.name == args.dataset), None)
+    model = base.model
+
+    def heldout_score(state) -> float:
+        if own is None:
+            raise RibError(f"methods.{entry}: needs the held-out part of {args.dataset!r} (--data)")
+        model.load_state_dict(state)
+        correct = predict(model, own, base.label_space, base.preprocessing, part="heldout", loaded=loaded,
+                          **{k: v for k, v in settings.items()})
+        return float(correct.float().mean())
+
+    variants, record = get_method(config["method"], config).variants(theta0, states, heldout_score)
+    datasets = _eval_datasets(params, args.datasets)
+    per_variant = []
+    for variant, state in variants:
+        model.load_state_dict(state)
+        log.info("%s %s", entry, {k: v for k, v in variant.items() if k != "headline"})
+        per_variant.append((variant, evaluate_checkpoint(model, base.label_space, base.preprocessing, datasets,
+                                                         finetuned_on=args.dataset, loaded=loaded, **settings)))
+    headline = next((i for i, (v, _) in enumerate(per_variant) if v.get("headline")), 0)
+    variant, records = per_variant[headline]
+    if len(per_variant) > 1:
+        for i, rec in enumerate(records):
+            rec["sweep"] = [{**{k: val for k, val in v.items() if k != "headline"}, "top1": recs[i]["top1"],
+                             "n": recs[i]["n"], "subsets": recs[i]["subsets"]} for v, recs in per_variant]
+    common = {"suite": params["suite"], "model": base.name, "method": entry, "finetune_dataset": args.dataset,
+              "scoring": params["evaluate"]["scoring"],
+              "model_info": {"parameters": base.meta.get("parameters"), "feature_dim": base.meta.get("feature_dim"),
+                             "arch": base.arch},
+              "checkpoint": None, "pretrained": str(args.pretrained), "pretrained_sha256": pretrained_sha,
+              "combination": {"implementation": config["method"], "settings": {k: v for k, v in variant.items()
+                                                                             if k != "headline"},
+                              "ingredients": sources, **record},
+              "seed": params["seed"], **_provenance(device)}
+    _write_cells(args.out_dir, datasets, records, common)
     return 0
 
 
@@ -270,7 +421,8 @@ def cmd_aggregate(args, params) -> int:
     from . import aggregate, grid
 
     suite = params["suite"]
-    outs = {k: grid.path(k, suite=suite) for k in ("cells", "metrics", "summary", "summary_md", "methods_summary")}
+    outs = {k: grid.path(k, suite=suite) for k in ("cells", "metrics", "summary", "summary_md", "methods_summary",
+                                                  "sweeps")}
     tables = aggregate.write_tables(params, outs, root=args.root)
     log.info("aggregated %d cells into %s", len(tables["cells"]), ", ".join(outs.values()))
     return 0
@@ -359,6 +511,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("method")
     s.add_argument("dataset")
     s.add_argument("--pretrained", required=True, help="pretrained checkpoint")
+    s.add_argument("--init", default=None, help="checkpoint training starts from (LP-FT: its linear probe)")
+    s.add_argument("--reference", default=None,
+                   help="prepared pretraining-domain dataset (importance weights of EWC and MAS)")
     s.set_defaults(func=cmd_finetune)
 
     s = sub.add_parser("evaluate", parents=[common, torch_opts], help="evaluate a checkpoint: one JSON per dataset")
@@ -368,13 +523,68 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out-dir", required=True)
     s.set_defaults(func=cmd_evaluate)
 
+    s = sub.add_parser("combine", parents=[common, torch_opts],
+                       help="a weight-space method (WiSE-FT, soups, Model Stock): combine checkpoints and evaluate")
+    s.add_argument("model")
+    s.add_argument("method")
+    s.add_argument("dataset", help="the fine-tuning dataset of the checkpoints")
+    s.add_argument("--pretrained", required=True, help="pretrained checkpoint")
+    s.add_argument("--ingredients", nargs="+", required=True, metavar="CHECKPOINT",
+                   help="the fine-tuned checkpoints, in the order of the method's settings")
+    s.add_argument("--data", default=None, help="prepared folder of the fine-tuning dataset (held-out choices)")
+    s.add_argument("--datasets", nargs="*", default=None, help="prepared dataset folders to evaluate on")
+    s.add_argument("--out-dir", required=True)
+    s.set_defaults(func=cmd_combine)
+
     s = sub.add_parser("aggregate", parents=[common], help="cells -> long table, metrics and summary tables")
     s.add_argument("--root", default=".", help="folder holding results/ (default: .)")
     s.set_defaults(func=cmd_aggregate)
 
     s = sub.add_parser("figures", parents=[common], help="the radar and bar charts from the tables")
     s.set_defaults(func=cmd_figures)
+    s = sub.add_parser("dvc", parents=[common], help="write the DVC pipeline (dvc.yaml) of the params file")
+    s.add_argument("--out", default=None, help="file to write (default: dvc.yaml, for params.yaml)")
+    s.add_argument("--check", action="store_true", help="only check that the file is up to date")
+    s.set_defaults(func=cmd_dvc)
+
+    s = sub.add_parser("serve", parents=[common],
+                       help="keep torch and timm imported and run rib commands in forks (RIB_SERVER=SOCKET)")
+    s.add_argument("--socket", required=True, help="Unix socket to listen on")
+    s.add_argument("--idle-timeout", type=float, default=300.0, help="exit after this many idle seconds")
+    s.add_argument("--parent", type=int, default=None, help="exit once this process is gone")
+    s.set_defaults(func=cmd_serve)
     return p
+
+
+def cmd_dvc(args, params) -> int:
+    from .dvc_pipeline import render
+
+    out = args.out
+    if out is None:
+        if Path(args.params).resolve() != Path("params.yaml").resolve():
+            raise RibError(f"--out: where to write the DVC pipeline of {args.params} (dvc.yaml is params.yaml's)")
+        out = "dvc.yaml"
+    text = render(params, args.params, out)
+    if args.check:
+        current = Path(out).read_text() if Path(out).exists() else ""
+        if current != text:
+            raise RibError(f"{out}: out of date with {args.params}; regenerate it with "
+                           f"`rib{'' if out == 'dvc.yaml' else ' --params ' + args.params} dvc"
+                           f"{'' if out == 'dvc.yaml' else ' --out ' + out}`")
+        print(f"{out}: up to date with {args.params}")
+        return 0
+    from .io import atomic_path
+
+    with atomic_path(out) as tmp:
+        Path(tmp).write_text(text)
+    print(f"wrote {out} ({text.count(chr(10))} lines) from {args.params}")
+    return 0
+
+
+def cmd_serve(args, params) -> int:
+    from .server import serve
+
+    return serve(args.socket, idle_timeout=args.idle_timeout, parent=args.parent)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -76,6 +76,8 @@ def _format_schema_error(err) -> str:
                  "exclusiveMaximum": "less than"}
         return f"{where}: expected a value {words[v]} {err.validator_value}, got {err.instance!r}"
     if v in ("minItems", "minProperties"):
+        if err.validator_value > 1:
+            return f"{where}: expected at least {err.validator_value} entries, got {len(err.instance)}"
         return f"{where}: must not be empty"
     if v == "uniqueItems":
         return f"{where}: has duplicate entries"
@@ -92,7 +94,6 @@ def _close(name: str, options) -> str:
 def _check_names(params: dict) -> None:
     """Registry checks: every name in the grid must exist for the chosen suite."""
     from .data.suites import get_suite, suite_names
-    from .methods import METHODS
     from .models.registry import model_names
 
     if params["suite"] not in suite_names():
@@ -133,14 +134,7 @@ def _check_names(params: dict) -> None:
                 arch, _, corpus = name.partition(".")
                 raise ConfigError(f"grid.models[{i}]: {name!r} is not pretrained by this configuration; add "
                                   f"{arch!r} to pretrain.architectures and {corpus!r} to pretrain.corpora")
-    for key in params["methods"]:
-        if key not in METHODS:
-            raise ConfigError(f"methods.{key}: unknown method {key!r}{_close(key, METHODS)}")
-    for i, name in enumerate(params["grid"]["methods"]):
-        if name not in METHODS:
-            raise ConfigError(f"grid.methods[{i}]: unknown method {name!r}{_close(name, METHODS)}")
-        if name not in params["methods"]:
-            raise ConfigError(f"grid.methods[{i}]: method {name!r} has no entry under 'methods' (use {{}} for defaults)")
+    _check_methods(params)
     sources = suite.names("source")
     if params["grid"]["source"] not in sources:
         raise ConfigError(f"grid.source: {params['grid']['source']!r} is not a source dataset of suite "
@@ -156,17 +150,83 @@ def _check_names(params: dict) -> None:
         raise ConfigError(f"report.focus_method: {report['focus_method']!r} is not in grid.methods")
 
 
+def _method_validator(name: str):
+
+    from .methods import COMMON_OPTIONS, METHODS
+
+    properties = {**schema()["$defs"]["schedule"]["properties"], **COMMON_OPTIONS}
+    properties.update({k: {kk: vv for kk, vv in v.items() if kk not in ("default", "description")}
+                       for k, v in METHODS[name].options.items()})
+    return _validator_class()({"type": "object", "additionalProperties": False, "properties": properties})
+
+
+def _check_methods(params: dict) -> None:
+    """Every methods entry against its method's settings; names between entries must resolve."""
+    from jsonschema.exceptions import best_match
+
+    from .methods import METHODS, entry_config, entry_info, ingredients, init_entry
+
+    entries = params["methods"]
+    for key, settings in entries.items():
+        impl = settings.get("method", key)
+        if impl not in METHODS:
+            what = f"methods.{key}.method" if "method" in settings else f"methods.{key}"
+            raise ConfigError(f"{what}: unknown method {impl!r}{_close(impl, METHODS)} (name an implementation "
+                              "with `method:` to give an entry another name)")
+        error = best_match(_method_validator(impl).iter_errors(settings))
+        if error is not None:
+            error.path.extendleft(["methods", key][::-1])
+            raise ConfigError(_format_schema_error(error))
+    for key in entries:
+        info = entry_info(params, key)
+        config = entry_config(params, key)
+        start = init_entry(params, key)
+        if start is not None:
+            if start not in entries:
+                raise ConfigError(f"methods.{key}.{info.init_from}: no methods entry {start!r}{_close(start, entries)}")
+            if entry_info(params, start).kind != "train" or init_entry(params, start) is not None:
+                raise ConfigError(f"methods.{key}.{info.init_from}: {start!r} must be a training method that "
+                                  "starts from the pretrained model")
+        for setting in info.ingredients_from:
+            for name in ([config[setting]] if isinstance(config[setting], str) else config[setting]):
+                if name not in entries:
+                    raise ConfigError(f"methods.{key}.{setting}: no methods entry {name!r}{_close(name, entries)}")
+                part = entry_info(params, name)
+                if part.kind != "train" or not part.plain_checkpoint:
+                    raise ConfigError(f"methods.{key}.{setting}: {name!r} does not make a plain fine-tuned model "
+                                      "(weight-space methods need checkpoints of the pretrained architecture)")
+        if config.get("reference") is not None:
+            from .data.suites import get_suite
+
+            known = get_suite(params).datasets
+            if config["reference"] not in known:
+                raise ConfigError(f"methods.{key}.reference: unknown dataset {config['reference']!r}"
+                                  f"{_close(config['reference'], known)}")
+        if "alphas" in info.options and config["alpha"] not in config["alphas"]:
+            raise ConfigError(f"methods.{key}.alpha: {config['alpha']} is not one of alphas {config['alphas']}")
+        ingredients(params, key)
+    for i, name in enumerate(params["grid"]["methods"]):
+        if name not in entries:
+            raise ConfigError(f"grid.methods[{i}]: no methods entry {name!r}{_close(name, entries)} "
+                              "(add it under 'methods', {} for the defaults)")
+
+
+def _validator_class():
+    from jsonschema import Draft202012Validator, validators
+
+    # JSON Schema counts 1.0 as an integer; a count, seed or size written as 1.0 is a mistake here.
+    strict_int = Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool))
+    return validators.extend(Draft202012Validator, type_checker=strict_int)
+
+
 def validate(params: Any, source: str = DEFAULT_PARAMS) -> dict:
     """Validate a parsed configuration; returns it unchanged or raises a one-line ConfigError."""
-    from jsonschema import Draft202012Validator, validators
     from jsonschema.exceptions import best_match
 
     if not isinstance(params, dict):
         raise ConfigError(f"{source}: expected a mapping of settings at the top level, got {_typename(params)}")
-    # JSON Schema counts 1.0 as an integer; a count, seed or size written as 1.0 is a mistake here.
-    strict_int = Draft202012Validator.TYPE_CHECKER.redefine(
-        "integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool))
-    validator = validators.extend(Draft202012Validator, type_checker=strict_int)(schema())
+    validator = _validator_class()(schema())
     error = best_match(validator.iter_errors(params))
     if error is not None:
         raise ConfigError(f"{source}: {_format_schema_error(error)}")
@@ -199,6 +259,9 @@ def pretrained_models(params: dict) -> list[str]:
     return [f"{arch}.{corpus}" for arch in pre["architectures"] for corpus in pre["corpora"]]
 
 
-def method_schedule(params: dict, method: str) -> dict:
-    """The fine-tuning schedule of one method: ``train`` with the method's overrides applied."""
-    return {**params["train"], **params["methods"].get(method, {})}
+def method_schedule(params: dict, entry: str) -> dict:
+    """Everything one methods entry runs with: the ``train`` schedule, the method's defaults, the
+    entry's settings, plus ``method`` (the implementation) and ``entry`` (its name)."""
+    from .methods import entry_config
+
+    return entry_config(params, entry)

@@ -31,9 +31,17 @@ log = logging.getLogger("rib.evaluate")
 @torch.inference_mode()
 def predict(model: nn.Module, prepared: PreparedDataset, label_space: list[str], prep: Preprocessing, *,
             scoring: str, batch_size: int, device: torch.device, precision: str = "auto", workers: int = 0,
-            preload: bool = True, show_progress: bool = True) -> torch.Tensor:
-    """Per-row correctness (bool tensor in manifest order) of ``model`` on every image of a dataset."""
-    data = open_dataset(prepared, None, prep, preload_images=preload, show_progress=show_progress)
+            preload: bool = True, show_progress: bool = True, loaded: dict | None = None,
+            part: str | None = None) -> torch.Tensor:
+    """Per-row correctness (bool tensor in manifest order) of ``model`` on the images of a dataset
+    (``part``: only that part). ``loaded`` keeps decoded datasets for the next call (several models
+    evaluated on the same data)."""
+    key = (prepared.name, part, prep)
+    data = loaded.get(key) if loaded is not None else None
+    if data is None:
+        data = open_dataset(prepared, part, prep, preload_images=preload, show_progress=show_progress)
+        if loaded is not None:
+            loaded[key] = data
     projection = LabelProjection(prepared.classes, label_space).to(device)
     model.eval().to(device)
     out = []
@@ -88,13 +96,13 @@ def cell_record(prepared: PreparedDataset, correct: torch.Tensor, finetuned_on: 
 def evaluate_checkpoint(model: nn.Module, label_space: list[str], prep: Preprocessing,
                         datasets: list[PreparedDataset], *, finetuned_on: str | None, scoring: str,
                         batch_size: int, device: torch.device, precision: str, workers: int, preload: bool,
-                        show_progress: bool = True) -> list[dict]:
+                        show_progress: bool = True, loaded: dict | None = None) -> list[dict]:
     records = []
     for prepared in datasets:
         t0 = time.time()
         correct = predict(model, prepared, label_space, prep, scoring=scoring, batch_size=batch_size,
                           device=device, precision=precision, workers=workers, preload=preload,
-                          show_progress=show_progress)
+                          show_progress=show_progress, loaded=loaded)
         rec = cell_record(prepared, correct, finetuned_on)
         rec["seconds"] = round(time.time() - t0, 3)
         log.info("%s: top-1 %.4f on %s (%d images, %.1fs)", prepared.name, rec["top1"], rec["subset"], rec["n"],

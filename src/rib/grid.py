@@ -31,6 +31,7 @@ PATTERNS = {
     "summary": "reports/{suite}/summary.csv",
     "summary_md": "reports/{suite}/summary.md",
     "methods_summary": "reports/{suite}/summary_by_method.csv",
+    "sweeps": "reports/{suite}/sweeps.csv",
     "radar": "reports/{suite}/figures/radar.png",
     "bar": "reports/{suite}/figures/bar.png",
 }
@@ -71,12 +72,59 @@ def eval_datasets(params: dict) -> list[str]:
     return [params["grid"]["source"], *params["grid"]["datasets"]]
 
 
+def method_kind(params: dict, entry: str) -> str:
+    from .methods import entry_info
+
+    return entry_info(params, entry).kind
+
+
+def train_entries(params: dict) -> list[str]:
+    """Every methods entry the grid trains: the grid's training methods, the checkpoints its
+    weight-space methods combine, and the checkpoints training starts from (LP-FT's probe)."""
+    from .methods import ingredients, init_entry
+
+    out: list[str] = []
+
+    def add(entry: str) -> None:
+        if entry in out:
+            return
+        start = init_entry(params, entry)
+        if start is not None:
+            add(start)
+        out.append(entry)
+
+    for entry in params["grid"]["methods"]:
+        if method_kind(params, entry) == "train":
+            add(entry)
+        else:
+            for name in ingredients(params, entry):
+                add(name)
+    return out
+
+
+def weight_entries(params: dict) -> list[str]:
+    return [m for m in params["grid"]["methods"] if method_kind(params, m) == "weights"]
+
+
 def finetune_jobs(params: dict) -> Iterator[tuple[str, str, str]]:
     g = params["grid"]
+    entries = train_entries(params)
     for model in g["models"]:
-        for method in g["methods"]:
+        for method in entries:
             for dataset in g["datasets"]:
                 yield model, method, dataset
+
+
+def reference_dataset(params: dict, model: str, entry: str) -> str | None:
+    """The pretraining-domain dataset of a method that needs one (EWC, MAS): its ``reference``
+    setting, else the model's pretraining corpus when the pipeline pretrains it, else grid.source."""
+    from .methods import entry_config, entry_info
+    from .models.registry import get_model
+
+    if not entry_info(params, entry).needs_reference:
+        return None
+    chosen = entry_config(params, entry).get("reference")
+    return chosen or get_model(model, params).pretrain_corpus or params["grid"]["source"]
 
 
 def cells(params: dict) -> Iterator[Cell]:
@@ -84,9 +132,12 @@ def cells(params: dict) -> Iterator[Cell]:
     for model in params["grid"]["models"]:
         for ev in evals:
             yield Cell(model, PRETRAINED, None, ev)
-    for model, method, dataset in finetune_jobs(params):
-        for ev in evals:
-            yield Cell(model, method, dataset, ev)
+    g = params["grid"]
+    for model in g["models"]:
+        for method in g["methods"]:
+            for dataset in g["datasets"]:
+                for ev in evals:
+                    yield Cell(model, method, dataset, ev)
 
 
 def datasets_to_prepare(params: dict) -> list[str]:
@@ -98,4 +149,8 @@ def datasets_to_prepare(params: dict) -> list[str]:
         corpus = get_model(model, params).pretrain_corpus
         if corpus and corpus not in names:
             names.append(corpus)
+        for entry in train_entries(params):
+            ref = reference_dataset(params, model, entry)
+            if ref and ref not in names:
+                names.append(ref)
     return names

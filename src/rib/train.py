@@ -28,7 +28,7 @@ from .data.labels import LabelProjection
 from .data.loading import ImageDataset, InMemoryDataset, batches, normalize
 from .errors import TrainingStopped
 from .io import atomic_path
-from .methods.base import Method
+from .methods.base import Method, TrainContext
 from .models.registry import Preprocessing
 from .progress import progress
 
@@ -109,17 +109,20 @@ def _load_state(state_path: Path, expected: str) -> dict | None:
 def fit(model: nn.Module, method: Method, data: ImageDataset | InMemoryDataset, projection: LabelProjection,
         prep: Preprocessing, schedule: Schedule, *, seed: int, device: torch.device, state_path: str | os.PathLike,
         run_fingerprint: str, workers: int = 0, desc: str = "train", show_progress: bool = True,
-        stop_after_epoch: int | None = None) -> list[dict]:
-    """Train ``model`` in place; returns the per-epoch history.
+        stop_after_epoch: int | None = None, reference=None) -> tuple[list[dict], nn.Module, dict | None]:
+    """Train ``model`` with ``method``; returns (per-epoch history, the model to save, its wrapper).
 
+    ``reference(samples, seed)`` loads pretraining-domain images for methods that need them.
     ``stop_after_epoch`` ends the run after that epoch as if the job had been killed (for tests and
     preemption drills); calling ``fit`` again resumes.
     """
     state_path = Path(state_path)
     model.to(device)
     projection = projection.to(device)
-    method.prepare(model)
-    params = method.trainable_parameters(model)
+    ctx = TrainContext(device=device, seed=seed, projection=projection, prep=prep, reference=reference,
+                       normalize=normalize)
+    module = method.setup(model, ctx)
+    params = method.trainable_parameters(module)
     if not params:
         raise ValueError(f"method {method.name!r} left no trainable parameters")
     optimizer = schedule.make_optimizer(params)
@@ -130,20 +133,21 @@ def fit(model: nn.Module, method: Method, data: ImageDataset | InMemoryDataset, 
     used = n - 1 if n % schedule.batch_size == 1 else n
     steps_per_epoch = math.ceil(used / schedule.batch_size)
     total_steps = steps_per_epoch * schedule.epochs
-    run_fp = fingerprint(run=run_fingerprint, schedule=asdict(schedule), method=method.name, n=n)
+    run_fp = fingerprint(run=run_fingerprint, schedule=asdict(schedule), method=method.config, n=n)
 
     start_epoch, step, history = 0, 0, []
     state = _load_state(state_path, run_fp)
     if state is not None:
-        model.load_state_dict(state["model"])
+        module.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         method.load_state_dict(state["method"])
         start_epoch, step, history = state["epoch"], state["step"], state["history"]
         log.info("resuming %s after epoch %d of %d (step %d)", desc, start_epoch, schedule.epochs, step)
+    method.start(module, ctx)
 
     for epoch in range(start_epoch, schedule.epochs):
         t0 = time.time()
-        method.train_mode(model)
+        method.train_mode(module)
         order = epoch_order(n, seed, epoch)[:used]
         loss_sum, correct, seen = 0.0, 0, 0
         bar = progress(batches(data, order, schedule.batch_size, workers, pin_memory=device.type == "cuda"),
@@ -156,8 +160,8 @@ def fit(model: nn.Module, method: Method, data: ImageDataset | InMemoryDataset, 
             x = normalize(images, prep, device)
             y = labels.to(device)
             with autocast(device, schedule.precision):
-                logits = projection.restrict(model(x))
-                loss = method.loss(model, logits.float(), y)
+                logits = projection.restrict(module(x)).float()
+                loss = method.loss(module, x, logits, y, ctx)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -173,8 +177,9 @@ def fit(model: nn.Module, method: Method, data: ImageDataset | InMemoryDataset, 
                  record["loss"], record["train_top1"], record["seconds"])
         with atomic_path(state_path) as tmp:
             torch.save({"fingerprint": run_fp, "epoch": epoch + 1, "step": step, "history": history,
-                        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "model": module.state_dict(), "optimizer": optimizer.state_dict(),
                         "method": method.state_dict()}, tmp)
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < schedule.epochs:
             raise TrainingStopped(f"stopped after epoch {epoch + 1} as asked; run again to resume")
-    return history
+    final, wrapper = method.finalize(module)
+    return history, final, wrapper

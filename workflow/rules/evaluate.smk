@@ -32,7 +32,36 @@ rule evaluate_finetuned:
         settings=PARAMS["evaluate"],
         out_dir=lambda w, output: os.path.dirname(output[0]),
     threads: THREADS
+    wildcard_constraints:
+        method=train_regex(TRAIN_ENTRIES),
     conda:
         CONDA_ENV
     shell:
         "python -m rib evaluate {input.checkpoint} {input.data} --out-dir {params.out_dir} --threads {threads} > {log} 2>&1"
+
+
+# Weight-space methods (WiSE-FT, soups, Model Stock): combine finished checkpoints of the same
+# (model, D_ft) without training and evaluate the result(s); one job writes all its cells.
+rule combine:
+    input:
+        pretrained=PAT["pretrained"],
+        ingredients=lambda w: [finetuned(w.model, m, w.dataset) for m in rib_methods.ingredients(PARAMS, w.method)],
+        data=[prepared(d) for d in EVALS],
+    output:
+        expand(PAT["finetuned_cell"], eval=EVALS, allow_missing=True),
+    log:
+        f"{LOGS}/combine/{{model}}/{{method}}/{{dataset}}.log",
+    params:
+        settings=lambda w: rib_config.method_schedule(PARAMS, w.method),
+        evaluate=PARAMS["evaluate"],
+        own=lambda w: prepared(w.dataset),
+        out_dir=lambda w, output: os.path.dirname(output[0]),
+    threads: THREADS
+    wildcard_constraints:
+        method=train_regex(WEIGHT_ENTRIES),
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m rib combine {wildcards.model} {wildcards.method} {wildcards.dataset} "
+        "--pretrained {input.pretrained} --ingredients {input.ingredients} --data {params.own} "
+        "--out-dir {params.out_dir} --threads {threads} > {log} 2>&1"

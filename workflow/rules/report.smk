@@ -14,6 +14,7 @@ rule aggregate:
         summary=PAT["summary"],
         summary_md=PAT["summary_md"],
         methods_summary=PAT["methods_summary"],
+        sweeps=PAT["sweeps"],
     log:
         f"{LOGS}/aggregate.log",
     conda:

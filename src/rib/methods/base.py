@@ -1,15 +1,48 @@
-"""The interface every fine-tuning method implements.
+"""The interface every training method implements.
 
-The trainer asks a method which parameters to optimise, how to put the model in training mode,
-and what loss to minimise on a batch; methods that carry state (a Fisher estimate, a prompt)
-expose it through ``state_dict`` so that resuming restores it.
+The trainer (:func:`rib.train.fit`) drives a method through these hooks, in this order:
+
+1. ``setup(model, ctx)``: freeze/unfreeze parameters, wrap or modify the model (adapters, a
+   prompt); returns the module that is trained. The pretrained weights are still in place, so
+   this is where anchors are taken.
+2. On resume: the trained module's and the method's ``state_dict`` are restored.
+3. ``start(module, ctx)``: compute whatever the resumed state did not bring (importance weights).
+4. Each step: ``train_mode``, then ``loss(module, inputs, logits, targets, ctx)``; ``logits`` are
+   already projected onto the dataset's classes, ``inputs`` are the normalised images.
+5. ``finalize(module)``: the module to save (adapters merged) and the checkpoint's wrapper, if any.
+
+A method that carries state (importance weights) returns it from ``state_dict`` so that a resumed
+run continues with exactly the same values.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from ..errors import RibError
+
+
+class MethodError(RibError):
+    """A method was asked for something it cannot do (LoRA without attention, LP-FT without LP)."""
+
+
+@dataclass
+class TrainContext:
+    """What a method may use besides the model: the run's device and seed, the dataset's label
+    projection, and (for importance weights) a loader of pretraining-domain images."""
+
+    device: torch.device
+    seed: int
+    projection: object = None
+    prep: object = None
+    reference: Callable[[], object] | None = None   # -> (uint8 images, labels) dataset
+    normalize: Callable | None = None
+    extras: dict = field(default_factory=dict)
 
 
 class Method:
@@ -18,20 +51,27 @@ class Method:
     def __init__(self, config: dict):
         self.config = dict(config)
 
-    def prepare(self, model: nn.Module) -> None:
-        """Called once before training: freeze/unfreeze parameters, add modules."""
+    def setup(self, model: nn.Module, ctx: TrainContext) -> nn.Module:
         for p in model.parameters():
             p.requires_grad_(True)
+        return model
 
-    def trainable_parameters(self, model: nn.Module) -> list[nn.Parameter]:
-        return [p for p in model.parameters() if p.requires_grad]
+    def start(self, module: nn.Module, ctx: TrainContext) -> None:
+        pass
 
-    def train_mode(self, model: nn.Module) -> None:
-        model.train()
+    def trainable_parameters(self, module: nn.Module) -> list[nn.Parameter]:
+        return [p for p in module.parameters() if p.requires_grad]
 
-    def loss(self, model: nn.Module, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """``logits`` are already projected onto the dataset's classes."""
+    def train_mode(self, module: nn.Module) -> None:
+        module.train()
+
+    def loss(self, module: nn.Module, inputs: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
+             ctx: TrainContext) -> torch.Tensor:
         return F.cross_entropy(logits, targets)
+
+    def finalize(self, module: nn.Module) -> tuple[nn.Module, dict | None]:
+        """The model to save, and its wrapper description (None for a plain model)."""
+        return module, None
 
     def state_dict(self) -> dict:
         return {}

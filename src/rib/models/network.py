@@ -58,10 +58,12 @@ class Checkpoint:
     label_space: list[str]
     preprocessing: Preprocessing
     meta: dict
+    wrapper: dict | None = None
 
 
 def save(path: str | os.PathLike, model: nn.Module, *, name: str, arch: str, arch_kwargs: dict,
-         label_space: list[str], preprocessing: Preprocessing, meta: dict) -> None:
+         label_space: list[str], preprocessing: Preprocessing, meta: dict, wrapper: dict | None = None) -> None:
+    """``wrapper``: the description of a module around the architecture (see :mod:`rib.models.wrappers`)."""
     payload = {
         "format": FORMAT,
         "name": name,
@@ -72,6 +74,8 @@ def save(path: str | os.PathLike, model: nn.Module, *, name: str, arch: str, arc
         "meta": meta,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
+    if wrapper is not None:
+        payload["wrapper"] = wrapper
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
@@ -95,13 +99,17 @@ def load(path: str | os.PathLike, map_location="cpu") -> Checkpoint:
         raise FormatError(f"{path}: not a rib checkpoint (expected format {FORMAT})")
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in payload["arch_kwargs"].items()}
     model = create(payload["arch"], kwargs, len(payload["label_space"]))
+    if payload.get("wrapper"):
+        from .wrappers import wrap
+
+        model = wrap(model, payload["wrapper"])
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as err:
         first = str(err).strip().splitlines()[0]
         raise FormatError(f"{path}: weights do not fit architecture {payload['arch']} ({first})") from None
     return Checkpoint(model, payload["name"], payload["arch"], kwargs, payload["label_space"],
-                      Preprocessing.from_dict(payload["preprocessing"]), payload["meta"])
+                      Preprocessing.from_dict(payload["preprocessing"]), payload["meta"], payload.get("wrapper"))
 
 
 def _load_error(name: str, err: Exception, weights_file) -> RibError:

@@ -1,0 +1,402 @@
+"""Each fine-tuning method's defining property, exact resume for every method, and their settings."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rib.cli import main
+from rib.config import ConfigError, method_schedule, validate
+from rib.data.labels import LabelProjection
+from rib.data.loading import open_dataset
+from rib.data.manifest import load_prepared
+from rib.errors import TrainingStopped
+from rib.methods import get_method
+from rib.methods.base import MethodError, TrainContext
+from rib.methods.lwf import distillation_loss
+from rib.methods.weights import average, greedy_soup, interpolate, model_stock, stock_ratio
+from rib.models import network
+from rib.train import Schedule, fit
+
+CPU = torch.device("cpu")
+TRAIN_METHODS = ["ft", "lp", "lora", "visual_prompt", "ewc", "l2sp", "lwf", "mas"]
+
+
+@pytest.fixture(scope="session")
+def tiny_vit(tiny_suite) -> str:
+    """A pretrained mini_vit.narrow of the tiny configuration (in-process `rib pretrain`)."""
+    root, _ = tiny_suite
+    out = root / "models" / "rib-mini" / "mini_vit.narrow" / "pretrained.pt"
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        assert main(["pretrain", "mini_vit.narrow", "--data", "data/rib-mini/corpora/prepared/narrow",
+                     "--out", str(out), "-q"]) == 0
+    finally:
+        os.chdir(cwd)
+    return str(out)
+
+
+def _reference(prep):
+    prepared = load_prepared("data/rib-mini/corpora/prepared/narrow")
+
+    def load(samples, seed):
+        return open_dataset(prepared, None, prep, preload_images=True, show_progress=False)
+    return load
+
+
+def _config(params, entry, epochs=3):
+    cfg = method_schedule(params, entry)
+    cfg.update(epochs=epochs, batch_size=8, warmup_steps=2)
+    return cfg
+
+
+def _train(params, checkpoint, entry, state, stop=None, epochs=3, method=None, dataset="sketch"):
+    """Fit ``entry`` on the tiny suite; returns (saved model, wrapper, method, pretrained checkpoint)."""
+    ckpt = network.load(checkpoint)
+    prepared = load_prepared(f"data/rib-mini/prepared/{dataset}")
+    data = open_dataset(prepared, "finetune", ckpt.preprocessing, preload_images=True, show_progress=False)
+    cfg = _config(params, entry, epochs)
+    method = method or get_method(cfg["method"], cfg)
+    _, final, wrapper = fit(ckpt.model, method, data, LabelProjection(prepared.classes, ckpt.label_space),
+                            ckpt.preprocessing, Schedule.from_config(cfg), seed=0, device=CPU, state_path=state,
+                            run_fingerprint="test", show_progress=False, stop_after_epoch=stop,
+                            reference=_reference(ckpt.preprocessing))
+    return final, wrapper, method
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ------------------------------------------------------------------------------------------------
+# Resume: every training method ends with the same weights after a stop as without one.
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("entry", TRAIN_METHODS)
+def test_every_method_resumes_to_the_same_weights(in_tiny_suite, tiny_vit, tmp_path, entry):
+    _, params = in_tiny_suite
+    unbroken, _, _ = _train(params, tiny_vit, entry, tmp_path / "a.pt")
+    with pytest.raises(TrainingStopped):
+        _train(params, tiny_vit, entry, tmp_path / "b.pt", stop=1)
+    saved = torch.load(tmp_path / "b.pt", weights_only=True)
+    assert saved["epoch"] == 1
+    if entry in ("ewc", "mas"):  # the importance weights travel in the state; resuming does not re-estimate
+        assert saved["method"]["importance"]
+        cfg = _config(params, entry)
+        method = get_method(cfg["method"], cfg)
+        method.estimate = lambda *a, **k: pytest.fail("importance re-estimated on resume")
+        resumed, _, _ = _train(params, tiny_vit, entry, tmp_path / "b.pt", method=method)
+    else:
+        resumed, _, _ = _train(params, tiny_vit, entry, tmp_path / "b.pt")
+    assert _same(unbroken.state_dict(), resumed.state_dict())
+    pretrained = network.load(tiny_vit).model.state_dict()
+    if entry != "visual_prompt":
+        assert not _same(pretrained, unbroken.state_dict()), f"{entry} did not change the model"
+
+
+# ------------------------------------------------------------------------------------------------
+# Defining properties
+# ------------------------------------------------------------------------------------------------
+def test_lora_leaves_the_base_untouched_and_merges_to_base_plus_low_rank(in_tiny_suite, tiny_vit, tmp_path):
+    _, params = in_tiny_suite
+    before = network.load(tiny_vit).model.state_dict()
+    ckpt = network.load(tiny_vit)
+    cfg = _config(params, "lora")
+    method = get_method("lora", cfg)
+    module = method.setup(ckpt.model, TrainContext(device=CPU, seed=0, prep=ckpt.preprocessing))
+    # Training would move the factors; give them values and check the algebra directly too.
+    qkv = module.blocks[0].attn.qkv
+    update = qkv.parametrizations.weight[0]
+    with torch.no_grad():
+        for name, p in update.named_parameters():
+            p.copy_(torch.randn_like(p))
+    base = qkv.parametrizations.weight.original.detach().clone()
+    assert torch.equal(base, before["blocks.0.attn.qkv.weight"])
+    expected = base.clone()
+    d = base.shape[0] // 3
+    scale = cfg["alpha"] / cfg["rank"]
+    expected[:d] += scale * update.B_q @ update.A_q
+    expected[2 * d:] += scale * update.B_v @ update.A_v
+    assert update.A_q.shape == (cfg["rank"], base.shape[1])
+    merged, wrapper = method.finalize(module)
+    assert wrapper is None
+    merged_sd = merged.state_dict()
+    assert merged_sd.keys() == before.keys()
+    assert torch.allclose(merged_sd["blocks.0.attn.qkv.weight"], expected, atol=1e-6)
+    assert torch.equal(merged_sd["blocks.0.attn.qkv.weight"][d:2 * d], base[d:2 * d])  # k untouched
+
+    # A real run: every base weight (and the head) is unchanged; only q and v rows of qkv moved.
+    final, _, _ = _train(params, tiny_vit, "lora", tmp_path / "s.pt")
+    after = final.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.endswith("attn.qkv.weight") for k in changed)
+    for k in changed:
+        assert torch.equal(before[k][d:2 * d], after[k][d:2 * d])
+
+
+def test_lora_on_a_model_without_attention_is_a_clear_error(in_tiny_suite, tiny_pretrained):
+    _, params = in_tiny_suite
+    ckpt = network.load(tiny_pretrained)  # mini_resnet
+    method = get_method("lora", _config(params, "lora"))
+    with pytest.raises(MethodError, match="no attention projections"):
+        method.setup(ckpt.model, TrainContext(device=CPU, seed=0, prep=ckpt.preprocessing))
+
+
+def test_the_pad_prompt_changes_only_border_pixels_and_nothing_else(in_tiny_suite, tiny_vit, tmp_path):
+    _, params = in_tiny_suite
+    before = network.load(tiny_vit).model.state_dict()
+    final, wrapper, _ = _train(params, tiny_vit, "visual_prompt", tmp_path / "s.pt")
+    assert wrapper == {"kind": "pad_prompt", "width": 4, "image_size": 32}
+    prompt = final.prompt().detach()[0]
+    inner = torch.zeros(32, 32, dtype=torch.bool)
+    inner[4:28, 4:28] = True
+    assert prompt[:, inner].abs().max() == 0
+    assert prompt[:, ~inner].abs().max() > 0, "the prompt did not learn"
+    assert _same(before, final.model.state_dict())  # the model is frozen
+    # Saved and loaded back, the checkpoint is the same prompted model.
+    ckpt = network.load(tiny_vit)
+    network.save(tmp_path / "vp.pt", final, name=ckpt.name, arch=ckpt.arch, arch_kwargs=ckpt.arch_kwargs,
+                 label_space=ckpt.label_space, preprocessing=ckpt.preprocessing, meta={}, wrapper=wrapper)
+    again = network.load(tmp_path / "vp.pt")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(final.eval()(x), again.model.eval()(x))
+
+
+def test_ewc_penalty_is_zero_at_the_pretrained_weights_and_weighted_by_fisher(in_tiny_suite, tiny_vit):
+    _, params = in_tiny_suite
+    ckpt = network.load(tiny_vit)
+    method = get_method("ewc", _config(params, "ewc"))
+    ctx = TrainContext(device=CPU, seed=0, prep=ckpt.preprocessing, reference=_reference(ckpt.preprocessing),
+                       normalize=__import__("rib.data.loading", fromlist=["normalize"]).normalize)
+    module = method.setup(ckpt.model, ctx)
+    method.start(module, ctx)
+    fisher = method.importance
+    assert set(fisher) == {n for n, _ in module.named_parameters()}
+    assert all((f >= 0).all() for f in fisher.values()) and sum(float(f.sum()) for f in fisher.values()) > 0
+    assert method.penalty(module).item() == 0.0
+    delta = {}
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            delta[name] = torch.randn_like(p) * 0.01
+            p.add_(delta[name])
+    expected = sum(float((fisher[n] * delta[n].pow(2)).sum()) for n in delta)
+    assert method.penalty(module).item() == pytest.approx(expected, rel=1e-4)
+    # The Fisher of one image, by hand: the squared gradient of log p(y|x) for the label drawn.
+    one = method.estimate(module, _reference(ckpt.preprocessing)(1, 0), ctx)
+    assert all(torch.isfinite(v).all() for v in one.values())
+
+
+def test_l2sp_pulls_toward_the_pretrained_weights(in_tiny_suite, tiny_vit, tmp_path):
+    _, params = in_tiny_suite
+    before = network.load(tiny_vit).model.state_dict()
+
+    def distance(model):
+        sd = model.state_dict()
+        return sum(float((sd[k].float() - before[k].float()).pow(2).sum()) for k in before)
+
+    ft, _, _ = _train(params, tiny_vit, "ft", tmp_path / "ft.pt")
+    pulled, _, method = _train(params, tiny_vit, "l2sp", tmp_path / "l2sp.pt")
+    assert distance(pulled) < distance(ft)
+    # The penalty is the squared distance to the anchor (every weight counts the same).
+    assert method.penalty(pulled).item() == pytest.approx(
+        sum(float((p.detach() - before[n]).pow(2).sum()) for n, p in pulled.named_parameters()), rel=1e-4)
+
+
+def test_lwf_distillation_is_zero_when_the_student_is_the_teacher(in_tiny_suite, tiny_vit):
+    logits = torch.randn(5, 7)
+    assert float(distillation_loss(logits, logits.clone(), 2.0)) == pytest.approx(0.0, abs=1e-6)
+    assert float(distillation_loss(logits, torch.randn(5, 7), 2.0)) > 0
+    # T^2 scaling: for small differences the term does not shrink as 1/T^2.
+    eps = 1e-2 * torch.randn(5, 7)
+    ratio = float(distillation_loss(logits + eps, logits, 4.0)) / float(distillation_loss(logits + eps, logits, 1.0))
+    assert 0.3 < ratio < 3
+    # In the method: at the start the student is the teacher, so the loss is the cross-entropy alone.
+    _, params = in_tiny_suite
+    ckpt = network.load(tiny_vit)
+    prepared = load_prepared("data/rib-mini/prepared/sketch")
+    projection = LabelProjection(prepared.classes, ckpt.label_space)
+    method = get_method("lwf", _config(params, "lwf"))
+    ctx = TrainContext(device=CPU, seed=0, projection=projection, prep=ckpt.preprocessing)
+    module = method.setup(ckpt.model, ctx).eval()
+    x = torch.randn(4, 3, 32, 32)
+    y = torch.tensor([0, 1, 2, 3])
+    with torch.no_grad():
+        logits = projection.restrict(module(x))
+        assert float(method.loss(module, x, logits, y, ctx)) == pytest.approx(
+            float(torch.nn.functional.cross_entropy(logits, y)), abs=1e-6)
+
+
+def test_mas_importance_is_the_output_norm_sensitivity(in_tiny_suite, tiny_vit):
+    _, params = in_tiny_suite
+    ckpt = network.load(tiny_vit)
+    from rib.data.loading import normalize
+
+    method = get_method("mas", _config(params, "mas"))
+    ctx = TrainContext(device=CPU, seed=0, prep=ckpt.preprocessing, reference=_reference(ckpt.preprocessing),
+                       normalize=normalize)
+    module = method.setup(ckpt.model, ctx)
+    data = _reference(ckpt.preprocessing)(2, 0)
+    importance = method.estimate(module, data, ctx)
+    module.eval()
+    by_hand = {n: torch.zeros_like(p) for n, p in module.named_parameters()}
+    for i in range(len(data)):
+        module.zero_grad()
+        module(normalize(data.images[i:i + 1], ckpt.preprocessing, CPU)).pow(2).sum().backward()
+        for n, p in module.named_parameters():
+            by_hand[n] += p.grad.abs() / len(data)
+    for n in by_hand:
+        assert torch.allclose(importance[n], by_hand[n], rtol=1e-4, atol=1e-7)
+    assert method.penalty(module).item() == 0.0
+
+
+# ------------------------------------------------------------------------------------------------
+# Weight-space methods
+# ------------------------------------------------------------------------------------------------
+def _states(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [{"w": torch.randn(4, 3, generator=g), "b": torch.randn(3, generator=g),
+             "steps": torch.tensor(7)} for _ in range(n)]
+
+
+def test_wise_ft_ends_are_the_pretrained_and_the_finetuned_model():
+    theta0, theta1 = _states(2)
+    assert _same(interpolate(theta0, theta1, 0.0), theta0)
+    assert _same(interpolate(theta0, theta1, 1.0), theta1)
+    mid = interpolate(theta0, theta1, 0.3)
+    assert torch.allclose(mid["w"], 0.7 * theta0["w"] + 0.3 * theta1["w"])
+
+
+def test_a_uniform_soup_is_the_parameter_mean():
+    states = _states(3)
+    soup = average(states)
+    assert torch.allclose(soup["w"], (states[0]["w"] + states[1]["w"] + states[2]["w"]) / 3)
+    assert torch.equal(soup["steps"], states[0]["steps"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(-3, 3), min_size=2, max_size=6), st.integers(0, 10_000))
+def test_greedy_soup_never_adds_an_ingredient_that_lowers_heldout_accuracy(centers, seed):
+    # Held-out "accuracy" of a state: how close its weight is to a hidden optimum.
+    ingredients = {f"m{i}": {"w": torch.tensor([c])} for i, c in enumerate(centers)}
+    target = torch.Generator().manual_seed(seed)
+    optimum = float(torch.randn(1, generator=target)) * 2
+
+    def score(state):
+        return -abs(float(state["w"][0]) - optimum)
+
+    chosen, trail = greedy_soup(ingredients, score)
+    alone = {n: score(s) for n, s in ingredients.items()}
+    assert chosen[0] == max(alone, key=alone.get)
+    best = score(ingredients[chosen[0]])
+    for step in trail[1:]:
+        assert step["added"] == (step["soup"] >= best)
+        if step["added"]:
+            best = step["soup"]
+    assert score(average([ingredients[n] for n in chosen])) >= max(alone.values())
+
+
+def test_model_stock_ratio_follows_the_angle_between_updates():
+    theta0 = torch.zeros(2)
+    assert stock_ratio(theta0, [torch.tensor([1.0, 0.0]), torch.tensor([1.0, 0.0])]) == pytest.approx(1.0)
+    assert stock_ratio(theta0, [torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])]) == pytest.approx(0.0)
+    # cos = 0.5 with two models: t = 2 * 0.5 / (1 + 0.5) = 2/3
+    a, b = torch.tensor([1.0, 0.0]), torch.tensor([0.5, 3 ** 0.5 / 2])
+    assert stock_ratio(theta0, [a, b]) == pytest.approx(2 / 3)
+    merged, ratios = model_stock({"w": theta0}, [{"w": a}, {"w": b}])
+    assert torch.allclose(merged["w"], 2 / 3 * (a + b) / 2)
+    assert ratios == {"w": pytest.approx(2 / 3)}
+
+
+# ------------------------------------------------------------------------------------------------
+# Through the command line: LP-FT, WiSE-FT's ends, settings errors
+# ------------------------------------------------------------------------------------------------
+def test_lp_ft_starts_from_the_linear_probe_and_wise_ft_ends_match(in_tiny_suite, tiny_vit, tmp_path):
+    base = ["--pretrained", tiny_vit, "--data", "data/rib-mini/prepared/sketch", "-q"]
+    ck = {m: str(tmp_path / m / "model.pt") for m in ("lp", "lp_ft", "ft")}
+    assert main(["finetune", "mini_vit.narrow", "lp", "sketch", *base, "--out", ck["lp"]]) == 0
+    assert main(["finetune", "mini_vit.narrow", "lp_ft", "sketch", *base, "--out", ck["lp_ft"]]) == 2  # no --init
+    assert main(["finetune", "mini_vit.narrow", "lp_ft", "sketch", *base, "--out", ck["lp_ft"], "--init", tiny_vit]) == 2
+    assert main(["finetune", "mini_vit.narrow", "lp_ft", "sketch", *base, "--out", ck["lp_ft"], "--init", ck["lp"]]) == 0
+    meta = network.load(ck["lp_ft"]).meta
+    assert meta["init"] == ck["lp"] and meta["implementation"] == "lp_ft"
+    assert main(["finetune", "mini_vit.narrow", "ft", "sketch", *base, "--out", ck["ft"]]) == 0
+
+    cells = tmp_path / "cells"
+    assert main(["evaluate", tiny_vit, "--out-dir", str(cells / "pretrained"), "-q"]) == 0
+    assert main(["evaluate", ck["ft"], "--out-dir", str(cells / "ft"), "-q"]) == 0
+    assert main(["combine", "mini_vit.narrow", "wise_ft", "sketch", "--pretrained", tiny_vit, "--ingredients",
+                 ck["ft"], "--data", "data/rib-mini/prepared/sketch", "--out-dir", str(cells / "wise"), "-q"]) == 0
+    for name in ("source", "c", "sketch"):
+        wise = json.loads((cells / "wise" / f"{name}.json").read_text())
+        pre = json.loads((cells / "pretrained" / f"{name}.json").read_text())
+        ft = json.loads((cells / "ft" / f"{name}.json").read_text())
+        sweep = {s["alpha"]: s for s in wise["sweep"]}
+        assert sorted(sweep) == [0.0, 0.5, 1.0]
+        subset = wise["subset"]
+        assert sweep[0.0]["subsets"][subset] == pre["subsets"][subset]
+        assert sweep[1.0]["subsets"][subset] == ft["subsets"][subset]
+        assert wise["top1"] == sweep[0.5]["top1"] and wise["combination"]["settings"] == {"alpha": 0.5}
+    # Greedy soup chooses on the held-out part of D_ft and records every decision.
+    assert main(["combine", "mini_vit.narrow", "uniform_soup", "sketch", "--pretrained", tiny_vit, "--ingredients",
+                 ck["ft"], ck["lp_ft"], "--data", "data/rib-mini/prepared/sketch",
+                 "--out-dir", str(cells / "soup"), "-q"]) == 2  # three ingredients expected
+    assert main(["combine", "mini_vit.narrow", "wise_ft", "sketch", "--pretrained", tiny_vit, "--ingredients",
+                 ck["lp"], "--out-dir", str(cells / "bad"), "-q"]) == 2  # an lp checkpoint is not ft's
+
+
+def _with(params, **methods):
+    p = json.loads(json.dumps(params))
+    for key, value in methods.items():
+        if value is None:
+            p["methods"].pop(key, None)
+        else:
+            p["methods"][key] = value
+    return p
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"lora": {"rnak": 4}}, "methods.lora.rnak: unknown key; did you mean 'rank'?"),
+    ({"lora": {"rank": 0}}, "methods.lora.rank: expected a value at least 1, got 0"),
+    ({"lora": {"targets": ["q", "x"]}}, "methods.lora.targets[1]: 'x' is not one of 'q', 'k', 'v'"),
+    ({"lwf": {"temperature": "hot"}}, "methods.lwf.temperature: expected a number, got a string 'hot'"),
+    ({"ft_seed1": {"method": "fft"}}, "methods.ft_seed1.method: unknown method 'fft'; did you mean 'ft'?"),
+    ({"lp_ft": {"lp": "ft_seed1"}}, None),
+    ({"lp_ft": {"lp": "lpp"}}, "methods.lp_ft.lp: no methods entry 'lpp'; did you mean 'lp'?"),
+    ({"lp_ft": {"lp": "wise_ft"}}, "methods.lp_ft.lp: 'wise_ft' must be a training method"),
+    ({"model_stock": {"ingredients": ["ft"]}}, "methods.model_stock.ingredients: expected at least 2 entries, got 1"),
+    ({"uniform_soup": {"ingredients": ["ft", "visual_prompt"]}},
+     "methods.uniform_soup.ingredients: 'visual_prompt' does not make a plain fine-tuned model"),
+    ({"wise_ft": {"alpha": 0.3, "alphas": [0.0, 1.0]}}, "methods.wise_ft.alpha: 0.3 is not one of alphas"),
+    ({"ewc": {"reference": "imagenet"}}, "methods.ewc.reference: unknown dataset 'imagenet'"),
+    ({"mas": None}, "grid.methods[8]: no methods entry 'mas'"),
+])
+def test_method_settings_are_checked(tiny_suite, change, message):
+    _, params = tiny_suite
+    bad = _with(params, **change)
+    if message is None:
+        validate(bad)
+        return
+    with pytest.raises(ConfigError) as err:
+        validate(bad)
+    text = str(err.value)
+    assert message.split(":")[0] in text and message.split(":", 1)[1].strip()[:30] in text, text
+    assert "\n" not in text
+
+
+def test_the_default_params_run_every_method(tmp_path):
+    from rib import grid
+    from rib.config import load
+    from rib.methods import METHODS, implementation
+
+    params = load("params.yaml")
+    used = {implementation(params, m) for m in params["grid"]["methods"]}
+    assert used == set(METHODS)
+    assert "ft_seed1" in grid.train_entries(params)  # trained for Model Stock, not a table row
+    assert params["train"]["lr"] == 0.001 and params["train"]["momentum"] == 0.9
