@@ -542,6 +542,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("figures", parents=[common], help="the radar and bar charts from the tables")
     s.set_defaults(func=cmd_figures)
+    s = sub.add_parser("methods", parents=[common], help="list the methods, their settings and defaults")
+    s.set_defaults(func=cmd_methods)
+
     s = sub.add_parser("dvc", parents=[common], help="write the DVC pipeline (dvc.yaml) of the params file")
     s.add_argument("--out", default=None, help="file to write (default: dvc.yaml, for params.yaml)")
     s.add_argument("--check", action="store_true", help="only check that the file is up to date")
@@ -554,6 +557,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--parent", type=int, default=None, help="exit once this process is gone")
     s.set_defaults(func=cmd_serve)
     return p
+
+
+def cmd_methods(args, params) -> int:
+    """The method registry: each method's kind, what it does and its settings with defaults, and
+    the entries of the params file that use it."""
+    from .methods import METHODS, implementation
+
+    users: dict[str, list[str]] = {}
+    for entry in params["methods"]:
+        users.setdefault(implementation(params, entry), []).append(entry)
+    for name, info in METHODS.items():
+        print(f"{name} ({info.kind}): {info.summary}")
+        for key, spec in info.options.items():
+            note = f"  # {spec['description']}" if "description" in spec else ""
+            print(f"    {key}: {spec.get('default')!r}{note}")
+        if users.get(name):
+            print(f"    entries in {args.params}: {', '.join(users[name])}")
+    return 0
 
 
 def cmd_dvc(args, params) -> int:
