@@ -23,6 +23,7 @@ def setup_logging(verbose: bool = False) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
         stream=sys.stderr,
+        force=True,  # a command run in a fork of `rib serve` logs to its own stderr, at its own level
     )
 
 
