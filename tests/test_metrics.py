@@ -10,6 +10,7 @@ import pytest
 from rib import aggregate, grid
 from rib.data.manifest import Row
 from rib.evaluate import summarize
+from rib.io import write_json
 from rib.metrics import (
     average_accuracy,
     average_ood_after,
@@ -74,8 +75,10 @@ def test_tables_from_cells(tmp_path, tiny_params):
             own = ev == dft
             _write_cell(tmp_path, grid.Cell(m, "ft", dft, ev), "rib-mini", a, a if own else None,
                         subset="heldout" if own else "all")
-    outs = {k: str(tmp_path / f"{k}.out") for k in ("cells", "metrics", "summary", "summary_md", "methods_summary",
-                                                              "sweeps")}
+    for dft, value in (("sketch", 3.0), ("c", 1.0), ("r", 5.0)):
+        write_json(tmp_path / grid.path("distance", suite="rib-mini", model=m, dataset=dft),
+                   {"reference": "source", "otdd": value, "n": [10, 8]})
+    outs = {k: str(tmp_path / f"{k}.out") for k in grid.TABLES}
     aggregate.write_tables(params, outs, root=tmp_path)
 
     cells = pd.read_csv(outs["cells"])
@@ -98,11 +101,20 @@ def test_tables_from_cells(tmp_path, tiny_params):
     assert by_method.n_finetune_datasets == 3
     md = open(outs["summary_md"]).read()
     assert "| model | method | n_finetune_datasets |" in md
+    # RI matrix: fine-tuned on c, evaluated on r: 35 - 40 = -5 points; on c itself: held-out 90 - 68
+    matrix = pd.read_csv(outs["ri_matrix"]).set_index("finetune_dataset")
+    assert matrix.loc["c", "r"] == pytest.approx(-5.0) and matrix.loc["c", "c"] == pytest.approx(22.0)
+    assert matrix.loc["sketch", "source"] == pytest.approx(-10.0)
+    # distances next to the pretraining-domain accuracy lost: r's FT lost 90 - 70 = 20 points
+    dist = pd.read_csv(outs["distances"]).set_index("finetune_dataset")
+    assert dist.loc["r", "otdd"] == 5.0 and dist.loc["r", "source_drop_ft"] == pytest.approx(20.0)
+    tex = open(outs["summary_tex"]).read()
+    assert "\\begin{tabular}" in tex and "\\toprule" in tex and "mini\\_vit.narrow & ft & 3 &" in tex
+    assert json.loads(open(outs["metrics_json"]).read())[m]["ft"]["mri"] == pytest.approx(by_method.mri, abs=1e-3)
 
 
 def test_missing_cell_is_named(tmp_path, tiny_params):
-    outs = {k: str(tmp_path / f"{k}.out") for k in ("cells", "metrics", "summary", "summary_md", "methods_summary",
-                                                              "sweeps")}
+    outs = {k: str(tmp_path / f"{k}.out") for k in grid.TABLES}
     with pytest.raises(FileNotFoundError, match="results/rib-mini/mini_vit.narrow/pretrained/source.json"):
         aggregate.write_tables(tiny_params, outs, root=tmp_path)
     assert not list(tmp_path.iterdir())  # no table written

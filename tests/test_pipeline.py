@@ -67,11 +67,14 @@ def test_snakemake_runs_the_whole_tiny_grid(snakemake_run):
     # 9 of them evaluated as table rows, 4 weight-space methods; 3 evaluation datasets and 1 corpus
     assert counts == {"generate": 3, "generate_corpus": 1, "prepare": 3, "prepare_corpus": 1, "pretrain": 1,
                       "finetune": 20, "evaluate_pretrained": 1, "evaluate_finetuned": 18, "combine": 8,
-                      "aggregate": 1, "figures": 1, "all": 1}
+                      "distance": 2, "aggregate": 1, "figures": 1, "all": 1}
     reports = ws / "reports" / "rib-mini"
-    for name in ("cells.csv", "metrics.csv", "summary.csv", "summary.md", "summary_by_method.csv", "sweeps.csv",
-                 "figures/radar.png", "figures/bar.png"):
+    for name in ("cells.csv", "metrics.csv", "summary.csv", "summary.md", "summary.tex", "summary_by_method.csv",
+                 "sweeps.csv", "ri_matrix.csv", "imagenet_c.csv", "distances.csv", "metrics.json"):
         assert (reports / name).stat().st_size > 0, name
+    for figure in ("radar", "bar", "ri_heatmap", "ood_scatter", "wise_curve", "otdd_scatter"):
+        assert (reports / "figures" / f"{figure}.png").read_bytes()[:4] == b"\x89PNG", figure
+        assert (reports / "figures" / f"{figure}.pdf").read_bytes()[:4] == b"%PDF", figure
     cells = pd.read_csv(reports / "cells.csv")
     assert len(cells) == 3 + 13 * 2 * 3  # (pretrained + 13 methods x 2 D_ft) x 3 evaluation datasets
     by_method = pd.read_csv(reports / "summary_by_method.csv")
@@ -95,9 +98,42 @@ def test_snakemake_runs_the_whole_tiny_grid(snakemake_run):
     assert sorted(sweeps.loc["c"].index) == [0.0, 0.5, 1.0]
     assert sweeps.loc[("c", 0.0), "ood"] == pytest.approx(100 * pre["sketch"]["top1"], abs=1e-3)
     assert sweeps.loc[("c", 1.0), "ood"] == pytest.approx(summary.loc[("ft", "c"), "ood_ft"], abs=1e-3)
+    # ImageNet-C breakdown and OTDD re-derived from their files
+    corr = pd.read_csv(reports / "imagenet_c.csv").set_index(["method", "finetune_dataset"])
+    c_cell = json.loads((ws / "results/rib-mini/mini_vit.narrow/ft/sketch/c.json").read_text())
+    assert corr.loc[("ft", "sketch"), "fog"] == pytest.approx(
+        100 * c_cell["subsets"]["all"]["per_corruption"]["fog"], abs=1e-3)
+    dist = json.loads((ws / "distances/rib-mini/mini_vit.narrow/c.json").read_text())
+    table = pd.read_csv(reports / "distances.csv").set_index("finetune_dataset")
+    assert table.loc["c", "otdd"] == pytest.approx(dist["otdd"], abs=1e-3)
+    assert table.loc["c", "source_drop_ft"] == pytest.approx(summary.loc[("ft", "c"), "source_pre"]
+                                                             - summary.loc[("ft", "c"), "source_ft"], abs=1e-3)
+    # provenance of a cell
+    for key in ("checkpoint_sha256", "pretrained_sha256", "manifest_sha256", "code_sha256", "rib_version", "seed",
+                "device", "seconds", "train_seconds", "method_settings"):
+        assert ft["c"].get(key) is not None, key
+    assert ft["c"]["method_settings"]["lr"] == 0.05 and ft["c"]["method_settings"]["method"] == "lp"
     soup = json.loads((ws / "results/rib-mini/mini_vit.narrow/greedy_soup/c/source.json").read_text())
     assert soup["combination"]["greedy_trail"][0]["added"] and soup["checkpoint"] is None
     assert set(soup["combination"]["ingredients"]) == {"ft", "lp_ft", "l2sp", "ewc"}
+
+
+def test_report_and_one_cell_lookup(snakemake_run):
+    ws, _ = snakemake_run
+    snakemake(ws, "--report", "report.html")
+    html = (ws / "report.html").read_text()
+    assert len(html) > 100_000
+    for name in ("radar.png", "ri_heatmap.pdf", "wise_curve.png", "otdd_scatter.png", "summary_by_method.csv",
+                 "imagenet_c.csv", "distances.csv"):
+        assert name in html, name
+    assert "Points below the diagonal lost" in html  # a caption
+    out = run_rib("cell", "mini_vit.narrow", "lp_ft", "c", "sketch", cwd=ws).stdout
+    cell = json.loads((ws / "results/rib-mini/mini_vit.narrow/lp_ft/c/sketch.json").read_text())
+    assert "cell:  results/rib-mini/mini_vit.narrow/lp_ft/c/sketch.json" in out
+    assert f"top-1 {100 * cell['top1']:.2f}%" in out
+    assert "starts from checkpoints/rib-mini/mini_vit.narrow/lp/c/model.pt" in out
+    assert "snakemake --cores all results/rib-mini/mini_vit.narrow/lp_ft/c/sketch.json" in out
+    assert "dvc repro evaluate-finetuned@mini_vit.narrow-lp_ft-c" in out
 
 
 def test_second_snakemake_run_does_nothing(snakemake_run):
@@ -142,6 +178,10 @@ def test_dvc_repro_gives_the_same_numbers_and_reruns_nothing(snakemake_run, tmp_
         assert (dws / "reports/rib-mini" / table).read_text() == (ws / "reports/rib-mini" / table).read_text()
     again = dvc(dws, "repro")
     assert "Running stage" not in again.stdout
+    metrics = dvc(dws, "metrics", "show", "--json").stdout
+    assert '"mri"' in metrics and "mini_vit.narrow" in metrics
+    dvc(dws, "plots", "show", "-o", str(tmp_path / "plots"))
+    assert (tmp_path / "plots" / "index.html").exists()
     status = dvc(dws, "status")
     assert "up to date" in status.stdout
 

@@ -444,7 +444,7 @@ def test_snakemake_dry_run_of_the_paper_grid_without_data(tmp_path):
     # tables, 4 weight-space methods); 9 datasets and 7 weight files to fetch
     assert counts["fetch"] == 9 and counts["fetch_weights"] == 7 and counts["prepare"] == 9
     assert counts["finetune"] == 560 and counts["evaluate_finetuned"] == 504 and counts["evaluate_pretrained"] == 7
-    assert counts["combine"] == 224
+    assert counts["combine"] == 224 and counts["distance"] == 56
     assert "to download (rule fetch, needs internet): v2, a, r, sketch, cartoon, drawing, c" in out
     assert "to add by hand: imagenet:" in out and "to add by hand: objectnet:" in out
 
@@ -472,4 +472,4 @@ def test_dvc_pipeline_of_the_paper_grid():
     combined = ["wise_ft", "uniform_soup", "greedy_soup", "model_stock"]
     assert kinds == {"fetch": 9, "prepare": 9, "fetch-weights": 7, **{f"finetune-{m}": 56 for m in trained},
                      "evaluate-pretrained": 7, "evaluate-finetuned": 504, **{f"combine-{m}": 56 for m in combined},
-                     "aggregate": 1, "figures": 1}
+                     "distance": 56, "aggregate": 1, "figures": 1}

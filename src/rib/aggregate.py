@@ -8,6 +8,13 @@
 * ``summary_by_method.csv``: the same averaged over D_ft, one row per (model, method).
 * ``sweeps.csv``: weight-space methods evaluated at several settings (WiSE-FT's mixing weights):
   one row per (model, method, D_ft, alpha) with source, D_ft and average OOD accuracy.
+* ``ri_matrix.csv``: RI of every (D_ft, evaluation dataset) pair, one row per (model, method, D_ft).
+* ``imagenet_c.csv``: accuracy per ImageNet-C corruption (mean over severities), one row per
+  checkpoint (the pretrained model's included).
+* ``distances.csv``: OTDD between the pretraining-domain data and each D_ft, with the accuracy
+  each method lost on the pretraining domain.
+* ``summary.tex``: the per-method and per-D_ft tables in LaTeX (booktabs); ``metrics.json``: the
+  per-method summary for ``dvc metrics show``.
 
 Tables give accuracies in percent.
 """
@@ -20,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import grid, metrics
-from .io import atomic_path, read_json
+from .io import atomic_path, read_json, write_json
 
 SUMMARY_COLUMNS = ["source_pre", "source_ft", "finetune_pre", "finetune_ft", "ood_pre", "ood_ft", "mri"]
 
@@ -30,10 +37,15 @@ def collect(params: dict, root: str | os.PathLike = ".") -> pd.DataFrame:
     root = Path(root)
     suite = params["suite"]
     source = params["grid"]["source"]
-    rows, sweeps = [], []
+    rows, sweeps, corruptions = [], [], []
     for cell in grid.cells(params):
         path = root / cell.path(suite)
         rec = read_json(path)
+        per_corruption = rec.get("subsets", {}).get(rec.get("subset"), {}).get("per_corruption")
+        if per_corruption:
+            corruptions.append({"model": cell.model, "method": cell.method,
+                                "finetune_dataset": cell.finetune_dataset or "", "subset": rec["subset"],
+                                **{k: 100 * v for k, v in per_corruption.items()}, "mean": 100 * rec["top1"]})
         for point in rec.get("sweep", []):
             sweeps.append({"model": cell.model, "method": cell.method, "finetune_dataset": cell.finetune_dataset,
                            "alpha": point.get("alpha"), "eval_dataset": cell.eval_dataset,
@@ -55,7 +67,48 @@ def collect(params: dict, root: str | os.PathLike = ".") -> pd.DataFrame:
         })
     frame = pd.DataFrame(rows)
     frame.attrs["sweeps"] = pd.DataFrame(sweeps)
+    frame.attrs["corruptions"] = pd.DataFrame(corruptions)
     return frame
+
+
+def ri_matrix(table: pd.DataFrame) -> pd.DataFrame:
+    """RI (points) per (model, method, D_ft) x evaluation dataset; D_ft's own column is its held-out part."""
+    wide = table.pivot_table(index=["model", "method", "finetune_dataset"], columns="eval_dataset", values="ri",
+                             sort=False)
+    order = list(dict.fromkeys(table.eval_dataset))
+    return wide[order].reset_index()
+
+
+def distance_table(params: dict, summary: pd.DataFrame, root: str | os.PathLike = ".") -> pd.DataFrame:
+    """OTDD per (model, D_ft) next to each method's loss of pretraining-domain accuracy."""
+    rows = []
+    for model, dataset in grid.distance_jobs(params):
+        rec = read_json(Path(root) / grid.path("distance", suite=params["suite"], model=model, dataset=dataset))
+        rows.append({"model": model, "finetune_dataset": dataset, "reference": rec["reference"],
+                     "otdd": rec["otdd"], "n_reference": rec["n"][0], "n_finetune": rec["n"][1]})
+    frame = pd.DataFrame(rows)
+    drops = summary.assign(source_drop=summary.source_pre - summary.source_ft).pivot_table(
+        index=["model", "finetune_dataset"], columns="method", values="source_drop", sort=False)
+    drops.columns = [f"source_drop_{m}" for m in drops.columns]
+    return frame.merge(drops.reset_index(), on=["model", "finetune_dataset"], how="left")
+
+
+def to_latex(df: pd.DataFrame, caption: str, label: str, digits: int = 2) -> str:
+    """A booktabs LaTeX table (pandas' Styler)."""
+    styler = df.style.hide(axis="index").format(precision=digits, na_rep="--")
+    return styler.to_latex(hrules=True, caption=caption, label=label, position="htbp",
+                           column_format="l" * (df.shape[1] - df.select_dtypes("number").shape[1])
+                           + "r" * df.select_dtypes("number").shape[1]).replace("_", r"\_") + "\n"
+
+
+def metrics_json(by_method: pd.DataFrame) -> dict:
+    """Per model and method: mRI, average OOD accuracy, source and D_ft accuracy after fine-tuning."""
+    out: dict = {}
+    for r in by_method.itertuples(index=False):
+        out.setdefault(r.model, {})[r.method] = {"mri": round(r.mri, 4), "ood_ft": round(r.ood_ft, 4),
+                                                 "source_ft": round(r.source_ft, 4),
+                                                 "finetune_ft": round(r.finetune_ft, 4)}
+    return out
 
 
 def sweep_table(points: pd.DataFrame) -> pd.DataFrame:
@@ -135,7 +188,23 @@ def write_tables(params: dict, out_paths: dict[str, str], root: str | os.PathLik
     summary = summary_table(table)
     by_method = method_summary(summary)
     sweeps = sweep_table(cells.attrs.get("sweeps", pd.DataFrame()))
+    matrix = ri_matrix(table)
+    corruption = cells.attrs.get("corruptions", pd.DataFrame())
+    distances = distance_table(params, summary, root)
     write_csv(sweeps, out_paths["sweeps"])
+    write_csv(matrix, out_paths["ri_matrix"])
+    write_csv(corruption, out_paths["corruptions"])
+    write_csv(distances, out_paths["distances"])
+    write_json(out_paths["metrics_json"], metrics_json(by_method))
+    tex = (to_latex(by_method, f"ImageNet-RIB on {params['suite']}: per pretrained model and method, mean over "
+                    "fine-tuning datasets (accuracy in \\%).", "tab:rib-methods")
+           + "\n" + to_latex(summary.drop(columns=["n_ood"]), "Per fine-tuning dataset.", "tab:rib-datasets")
+           + "\n" + to_latex(matrix, "Robustness improvement (points) per fine-tuning dataset and evaluation "
+                              "dataset.", "tab:rib-ri")
+           + ("\n" + to_latex(corruption, "ImageNet-C: accuracy per corruption (mean over severities).",
+                               "tab:rib-imagenet-c") if not corruption.empty else ""))
+    with atomic_path(out_paths["summary_tex"]) as tmp:
+        tmp.write_text(tex)
     write_csv(cells, out_paths["cells"])
     write_csv(table, out_paths["metrics"])
     write_csv(summary, out_paths["summary"])
@@ -145,7 +214,13 @@ def write_tables(params: dict, out_paths: dict[str, str], root: str | os.PathLik
           "`finetune_*`: held-out part of D_ft; `source_*`: pretraining domain.\n\n"
           "## Per pretrained model and method (mean over fine-tuning datasets)\n\n"
           + to_markdown(by_method) +
-          "\n## Per fine-tuning dataset\n\n" + to_markdown(summary.drop(columns=["n_ood"])))
+          "\n## Per fine-tuning dataset\n\n" + to_markdown(summary.drop(columns=["n_ood"]))
+          + "\n## Robustness improvement per fine-tuning and evaluation dataset (points)\n\n" + to_markdown(matrix)
+          + ("\n## ImageNet-C per corruption (accuracy, mean over severities)\n\n" + to_markdown(corruption)
+             if not corruption.empty else "")
+          + "\n## Dataset distance (OTDD to the pretraining domain) and pretraining-domain accuracy lost\n\n"
+          + to_markdown(distances))
     with atomic_path(out_paths["summary_md"]) as tmp:
         tmp.write_text(md)
-    return {"cells": cells, "metrics": table, "summary": summary, "methods_summary": by_method, "sweeps": sweeps}
+    return {"cells": cells, "metrics": table, "summary": summary, "methods_summary": by_method, "sweeps": sweeps,
+            "ri_matrix": matrix, "corruptions": corruption, "distances": distances}

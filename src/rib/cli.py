@@ -35,10 +35,28 @@ def _torch_setup(params: dict, threads: int | None):
     return resolve_device(params["runtime"]["device"])
 
 
+def _code_version() -> dict:
+    """rib's version, a digest of its source files, and the git commit when run from a checkout."""
+    import hashlib
+    import subprocess
+
+    root = Path(__file__).parent
+    digest = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")) + sorted(root.rglob("*.yaml")):
+        digest.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
+    commit = None
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        commit = out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"rib_version": __version__, "code_sha256": digest.hexdigest(), "git_commit": commit}
+
+
 def _provenance(device) -> dict:
     import torch
 
-    return {"rib_version": __version__, "torch_version": str(torch.__version__), "device": str(device),
+    return {**_code_version(), "torch_version": str(torch.__version__), "device": str(device),
             "host": platform.node(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
@@ -328,6 +346,8 @@ def cmd_evaluate(args, params) -> int:
               "model_info": {"parameters": meta.get("parameters"), "feature_dim": meta.get("feature_dim"),
                              "arch": ckpt.arch},
               "checkpoint": str(args.checkpoint), "checkpoint_sha256": sha256_file(args.checkpoint),
+              "pretrained_sha256": meta.get("pretrained_sha256") or sha256_file(args.checkpoint),
+              "method_settings": meta.get("schedule"), "train_seconds": meta.get("train_seconds"),
               "seed": meta.get("seed", params["seed"]), **_provenance(device)}
     _write_cells(args.out_dir, datasets, records, common)
     return 0
@@ -409,6 +429,7 @@ def cmd_combine(args, params) -> int:
               "model_info": {"parameters": base.meta.get("parameters"), "feature_dim": base.meta.get("feature_dim"),
                              "arch": base.arch},
               "checkpoint": None, "pretrained": str(args.pretrained), "pretrained_sha256": pretrained_sha,
+              "method_settings": config,
               "combination": {"implementation": config["method"], "settings": {k: v for k, v in variant.items()
                                                                              if k != "headline"},
                               "ingredients": sources, **record},
@@ -417,29 +438,68 @@ def cmd_combine(args, params) -> int:
     return 0
 
 
+def cmd_distance(args, params) -> int:
+    """OTDD between the pretraining-domain data and one fine-tuning dataset, on the pretrained
+    model's pre-logit features."""
+    import numpy as np
+    import torch
+
+    from .data.loading import ImageDataset, batches, normalize, preload
+    from .data.manifest import load_prepared
+    from .distance import otdd
+    from .io import sha256_file, write_json
+    from .models import network
+
+    device = _torch_setup(params, args.threads)
+    ckpt = network.load(args.pretrained)
+    settings = params["distance"]
+    model = ckpt.model.eval().to(device)
+    t0 = time.time()
+
+    def features(folder, part):
+        prepared = load_prepared(folder)
+        rows = prepared.select(part)
+        pick = torch.randperm(len(rows), generator=torch.Generator().manual_seed(params["seed"]))
+        keep = sorted(pick[:settings["samples"]].tolist())
+        ds = ImageDataset(prepared.root, [rows[i] for i in keep], ckpt.preprocessing, prepared.border)
+        data = preload(ds, prepared.name, not args.quiet) if params["runtime"]["preload"] else ds
+        out = []
+        with torch.inference_mode():
+            for images, _ in batches(data, torch.arange(len(ds)), params["evaluate"]["batch_size"]):
+                out.append(network.pre_logits(model, normalize(images, ckpt.preprocessing, device)).float().cpu())
+        return prepared, torch.cat(out).numpy(), np.array([rows[i].label for i in keep])
+
+    ref, x1, y1 = features(args.reference_data, None)
+    own, x2, y2 = features(args.data, "finetune")
+    result = otdd(x1, y1, x2, y2, reg=settings["reg"], debias=settings["debias"], seed=params["seed"])
+    record = {"suite": params["suite"], "model": ckpt.name, "reference": ref.name, "finetune_dataset": own.name,
+              "features": "pre-logits", "feature_dim": int(x1.shape[1]), **result, "settings": settings,
+              "checkpoint": str(args.pretrained), "checkpoint_sha256": sha256_file(args.pretrained),
+              "manifest_sha256": {ref.name: ref.info["manifest_sha256"], own.name: own.info["manifest_sha256"]},
+              "seed": params["seed"], "seconds": round(time.time() - t0, 3), **_provenance(device)}
+    write_json(args.out, record)
+    log.info("OTDD(%s, %s) = %.4f on %d + %d images", ref.name, own.name, result["otdd"], *result["n"])
+    return 0
+
+
 def cmd_aggregate(args, params) -> int:
     from . import aggregate, grid
 
     suite = params["suite"]
-    outs = {k: grid.path(k, suite=suite) for k in ("cells", "metrics", "summary", "summary_md", "methods_summary",
-                                                  "sweeps")}
+    outs = {k: grid.path(k, suite=suite) for k in grid.TABLES}
     tables = aggregate.write_tables(params, outs, root=args.root)
     log.info("aggregated %d cells into %s", len(tables["cells"]), ", ".join(outs.values()))
     return 0
 
 
 def cmd_figures(args, params) -> int:
-    import pandas as pd
-
     from . import figures, grid
 
     suite = params["suite"]
-    metrics = pd.read_csv(grid.path("metrics", suite=suite))
-    summary = pd.read_csv(grid.path("summary", suite=suite))
-    rep = params["report"]
-    figures.radar(metrics, rep["focus_dataset"], rep["focus_method"], grid.path("radar", suite=suite))
-    figures.bar(summary, rep["focus_dataset"], grid.path("bar", suite=suite))
-    log.info("figures written under reports/%s/figures", suite)
+    tables = {k: grid.path(k, suite=suite) for k in ("metrics", "summary", "sweeps", "distances", "ri_matrix")}
+    written = figures.draw_all(tables, params["report"], lambda name, ext: grid.path("figure", suite=suite,
+                                                                                     figure=name, ext=ext))
+    log.info("%d figures written under reports/%s/figures", len(written), suite)
     return 0
 
 
@@ -536,12 +596,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out-dir", required=True)
     s.set_defaults(func=cmd_combine)
 
+    s = sub.add_parser("distance", parents=[common, torch_opts],
+                       help="OTDD between the pretraining-domain data and a fine-tuning dataset")
+    s.add_argument("model")
+    s.add_argument("dataset", help="the fine-tuning dataset")
+    s.add_argument("--pretrained", required=True, help="pretrained checkpoint (its pre-logit features are used)")
+    s.add_argument("--reference-data", required=True, help="prepared pretraining-domain dataset")
+    s.add_argument("--data", required=True, help="prepared fine-tuning dataset (its fine-tuning part is used)")
+    s.add_argument("--out", required=True, help="JSON file to write")
+    s.set_defaults(func=cmd_distance)
+
     s = sub.add_parser("aggregate", parents=[common], help="cells -> long table, metrics and summary tables")
     s.add_argument("--root", default=".", help="folder holding results/ (default: .)")
     s.set_defaults(func=cmd_aggregate)
 
     s = sub.add_parser("figures", parents=[common], help="the radar and bar charts from the tables")
     s.set_defaults(func=cmd_figures)
+    s = sub.add_parser("cell", parents=[common], help="where one table cell lives, what it depends on, how to remake it")
+    s.add_argument("model")
+    s.add_argument("method", help="a method of the grid, or 'pretrained'")
+    s.add_argument("dataset", help="the fine-tuning dataset ('-' for the pretrained model)")
+    s.add_argument("eval", help="the evaluation dataset")
+    s.set_defaults(func=cmd_cell)
+
     s = sub.add_parser("methods", parents=[common], help="list the methods, their settings and defaults")
     s.set_defaults(func=cmd_methods)
 
@@ -557,6 +634,75 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--parent", type=int, default=None, help="exit once this process is gone")
     s.set_defaults(func=cmd_serve)
     return p
+
+
+def cmd_cell(args, params) -> int:
+    """Where one cell of the tables lives, what it is made from, and how to regenerate it."""
+    from . import grid
+    from .io import read_json
+    from .methods import entry_info, ingredients, init_entry
+    from .models.registry import get_model, model_slug
+
+    suite = params["suite"]
+    if args.model not in params["grid"]["models"] and model_slug(args.model) not in map(model_slug, params["grid"]["models"]):
+        raise RibError(f"model {args.model!r} is not in grid.models ({', '.join(params['grid']['models'])})")
+    evals = grid.eval_datasets(params)
+    if args.eval not in evals:
+        raise RibError(f"evaluation dataset {args.eval!r} is not one of {', '.join(evals)}")
+    pretrained = grid.path("pretrained", suite=suite, model=args.model)
+    data = [grid.data_dir(params, d) for d in evals]
+    if args.method == grid.PRETRAINED:
+        cell = grid.Cell(args.model, grid.PRETRAINED, None, args.eval)
+        made_by = [f"rib evaluate {pretrained} (every dataset of the grid: {', '.join(evals)})"]
+        stage = f"evaluate-pretrained@{model_slug(args.model)}"
+    else:
+        if args.method not in params["grid"]["methods"]:
+            raise RibError(f"method {args.method!r} is not in grid.methods ({', '.join(params['grid']['methods'])})")
+        if args.dataset not in params["grid"]["datasets"]:
+            raise RibError(f"fine-tuning dataset {args.dataset!r} is not in grid.datasets")
+        cell = grid.Cell(args.model, args.method, args.dataset, args.eval)
+
+        def checkpoint(entry):
+            return grid.path("finetuned", suite=suite, model=args.model, method=entry, dataset=args.dataset)
+
+        def training(entry):
+            lines = [(f"{checkpoint(entry)}  <- rib finetune {args.model} {entry} {args.dataset}: "
+                      f"{pretrained}, {grid.data_dir(params, args.dataset)} (fine-tuning part)")]
+            start = init_entry(params, entry)
+            if start:
+                lines = training(start) + [lines[0] + f", starts from {checkpoint(start)}"]
+            ref = grid.reference_dataset(params, args.model, entry)
+            if ref:
+                lines[-1] += f", importance weights on {grid.data_dir(params, ref)}"
+            return lines
+
+        if entry_info(params, args.method).kind == "weights":
+            made_by = [f"rib combine {args.model} {args.method} {args.dataset}: {pretrained} + "
+                       + ", ".join(checkpoint(n) for n in ingredients(params, args.method))]
+            for name in ingredients(params, args.method):
+                made_by += training(name)
+            stage = f"combine-{args.method}@{model_slug(args.model)}-{args.dataset}"
+        else:
+            made_by = [f"rib evaluate {checkpoint(args.method)}"] + training(args.method)
+            stage = f"evaluate-finetuned@{model_slug(args.model)}-{args.method}-{args.dataset}"
+    spec = get_model(args.model, params)
+    made_by.append(f"{pretrained}  <- " + (f"rib pretrain on {grid.data_dir(params, spec.pretrain_corpus)}"
+                                           if spec.pretrain_corpus else f"rib models fetch {args.model}"))
+    target = cell.path(suite)
+    print(f"cell:  {target}")
+    if Path(target).exists():
+        rec = read_json(target)
+        print(f"value: top-1 {100 * rec['top1']:.2f}% on {rec['n']} images ({rec['subset']}), written {rec.get('time', '?')}")
+    else:
+        print("value: not computed yet")
+    print("made by:")
+    for line in made_by:
+        print(f"  {line}")
+    print(f"  datasets: {', '.join(data)}")
+    print("regenerate:")
+    print(f"  snakemake --cores all {target}" + ("" if args.params == "params.yaml" else f" --configfile {args.params}"))
+    print(f"  dvc repro {stage}")
+    return 0
 
 
 def cmd_methods(args, params) -> int:

@@ -143,6 +143,9 @@ def _check_names(params: dict) -> None:
     for i, name in enumerate(params["grid"]["datasets"]):
         if name not in shifts:
             raise ConfigError(f"grid.datasets[{i}]: unknown dataset {name!r} for suite {suite.name!r}{_close(name, shifts)}")
+    ref = params["distance"]["reference"]
+    if ref is not None and ref not in suite.datasets:
+        raise ConfigError(f"distance.reference: unknown dataset {ref!r} for suite {suite.name!r}{_close(ref, suite.datasets)}")
     report = params["report"]
     if report["focus_dataset"] not in params["grid"]["datasets"]:
         raise ConfigError(f"report.focus_dataset: {report['focus_dataset']!r} is not in grid.datasets")

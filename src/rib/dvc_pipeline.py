@@ -201,14 +201,31 @@ def render(params: dict, params_file: str, out: str | os.PathLike) -> str:
             "params": keys(f"methods.{entry}", *(f"methods.{n}" for n in names), "evaluate.scoring"),
             "outs": [cell_dir(M, entry, D)]})
 
-    reports = {k: grid.path(k, suite=suite) for k in ("cells", "metrics", "summary", "summary_md", "methods_summary",
-                                                               "sweeps")}
+    ref = grid.distance_reference(params)
+    stages["distance"] = foreach({f"{m}-{d}": {"model": m, "dataset": d} for m, d in pairs}, {
+        "cmd": cmd(rib, f"distance {M} {D} --pretrained {t_pretrained} --reference-data {prepared(ref)}",
+                   f"--data {t_data} --out {grid.PATTERNS['distance'].format(suite=suite, model=M, dataset=D)}"),
+        "deps": ["src/rib/distance.py", t_pretrained, raw(ref), prepared(ref), t_raw, t_data],
+        "params": keys("seed", "distance"),
+        "outs": [grid.PATTERNS["distance"].format(suite=suite, model=M, dataset=D)]})
+
+    reports = {k: grid.path(k, suite=suite) for k in grid.TABLES}
+    plain = [p for k, p in reports.items() if k not in ("metrics_json", "sweeps", "distances")]
     stages["aggregate"] = stage(
-        cmd=cmd(rib, "aggregate"), deps=["src/rib/aggregate.py", "src/rib/metrics.py", f"results/{suite}"],
-        params=keys("grid"), outs=list(reports.values()))
+        cmd=cmd(rib, "aggregate"),
+        deps=["src/rib/aggregate.py", "src/rib/metrics.py", f"results/{suite}", f"distances/{suite}"],
+        params=keys("grid"), outs=plain,
+        metrics=[{reports["metrics_json"]: {"cache": False}}],
+        plots=[{reports["sweeps"]: {"cache": False, "x": "finetune", "y": "ood",
+                                    "title": "WiSE-FT: OOD vs fine-tuning-dataset accuracy (%)"}},
+               {reports["distances"]: {"cache": False, "x": "otdd", "y": f"source_drop_{params['report']['focus_method']}",
+                                       "title": "OTDD vs pretraining-domain accuracy lost (points)"}}])
+    figures = grid.figure_paths(suite)
     stages["figures"] = stage(
-        cmd=cmd(rib, "figures"), deps=["src/rib/figures.py", reports["metrics"], reports["summary"]],
-        params=keys("report"), outs=[grid.path("radar", suite=suite), grid.path("bar", suite=suite)])
+        cmd=cmd(rib, "figures"),
+        deps=["src/rib/figures.py", *(reports[k] for k in ("metrics", "summary", "sweeps", "distances", "ri_matrix"))],
+        params=keys("report"), outs=[f for f in figures if f.endswith(".pdf")],
+        plots=[{f: {"cache": False}} for f in figures if f.endswith(".png")])
 
     args = "dvc" if default_params else f"--params {params_file} dvc --out {os.path.relpath(out)}"
     body = yaml.dump({"stages": stages}, Dumper=_Dumper, sort_keys=False, width=110, default_flow_style=False)

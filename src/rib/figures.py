@@ -4,6 +4,15 @@
   dataset (``report.focus_dataset``) with the focus method, one panel per pretrained model.
 * Bar chart: average OOD accuracy before fine-tuning and after each method, per pretrained model,
   for the focus dataset and averaged over every fine-tuning dataset.
+* RI heatmap: robustness improvement of every (D_ft, evaluation dataset) pair, per model, for the
+  focus method.
+* OOD scatter: average OOD accuracy before vs after fine-tuning, one point per (model, method),
+  averaged over D_ft; below the diagonal robustness was lost.
+* WiSE-FT curve: average OOD accuracy against D_ft (held-out) accuracy over the mixing weights.
+* OTDD scatter: dataset distance to the pretraining domain against the pretraining-domain accuracy
+  the focus method lost, one point per (model, D_ft).
+
+Every figure is written as PNG and PDF.
 """
 
 from __future__ import annotations
@@ -20,13 +29,19 @@ import pandas as pd
 from .io import atomic_path
 
 PRE_COLOR = "#7f7f7f"
-METHOD_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+METHOD_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf",
+                 "#bcbd22", "#393b79", "#637939", "#843c39", "#7b4173", "#3182bd"]
+MARKERS = "osD^v<>pPX*h"
 
 
-def _save(fig, path: str | os.PathLike) -> None:
-    fmt = os.path.splitext(str(path))[1].lstrip(".") or "png"
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight")
+def _save(fig, path) -> None:
+    """``path``: one file, or a callable ext -> file (every figure is written as PNG and PDF)."""
+    targets = [path(ext) for ext in ("png", "pdf")] if callable(path) else [path]
+    for target in targets:
+        fmt = os.path.splitext(str(target))[1].lstrip(".") or "png"
+        with atomic_path(target) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight", metadata={"CreationDate": None}
+                        if fmt == "pdf" else None)
     plt.close(fig)
 
 
@@ -86,3 +101,121 @@ def bar(summary: pd.DataFrame, dataset: str, path: str | os.PathLike) -> None:
     axs[0].legend(fontsize=8, frameon=False)
     fig.tight_layout()
     _save(fig, path)
+
+
+def ri_heatmap(ri_matrix: pd.DataFrame, method: str, path) -> None:
+    sel = ri_matrix[ri_matrix.method == method]
+    if sel.empty:
+        raise ValueError(f"no results for method {method!r}")
+    models = list(dict.fromkeys(sel.model))
+    evals = [c for c in ri_matrix.columns if c not in ("model", "method", "finetune_dataset")]
+    limit = float(np.nanmax(np.abs(sel[evals].to_numpy()))) or 1.0
+    fig, axs = plt.subplots(1, len(models), figsize=(0.6 * len(evals) * len(models) + 1.5, 0.5 * len(sel) / len(models) + 2),
+                            squeeze=False)
+    for ax, model in zip(axs[0], models):
+        m = sel[sel.model == model].set_index("finetune_dataset")[evals]
+        im = ax.imshow(m.to_numpy(dtype=float), cmap="RdBu", vmin=-limit, vmax=limit)
+        ax.set_xticks(range(len(evals)), evals, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(m)), m.index, fontsize=8)
+        for (i, j), v in np.ndenumerate(m.to_numpy(dtype=float)):
+            if not np.isnan(v):
+                ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=6,
+                        color="white" if abs(v) > 0.6 * limit else "black")
+        ax.set_title(model, fontsize=9)
+        ax.set_xlabel("evaluation dataset", fontsize=8)
+    axs[0][0].set_ylabel("fine-tuning dataset", fontsize=8)
+    fig.colorbar(im, ax=axs[0].tolist(), shrink=0.8, label="RI (points)")
+    fig.suptitle(f"Robustness improvement after {method}", fontsize=10)
+    _save(fig, path)
+
+
+def ood_scatter(summary: pd.DataFrame, path) -> None:
+    g = summary.groupby(["model", "method"], sort=False)[["ood_pre", "ood_ft"]].mean().reset_index()
+    models = list(dict.fromkeys(g.model))
+    methods = list(dict.fromkeys(g.method))
+    fig, ax = plt.subplots(figsize=(6.4, 5.2))
+    for r in g.itertuples(index=False):
+        ax.scatter(r.ood_pre, r.ood_ft, color=METHOD_COLORS[methods.index(r.method) % len(METHOD_COLORS)],
+                   marker=MARKERS[models.index(r.model) % len(MARKERS)], s=36, alpha=0.85)
+    lo = min(g.ood_pre.min(), g.ood_ft.min()) - 3
+    hi = max(g.ood_pre.max(), g.ood_ft.max()) + 3
+    ax.plot([lo, hi], [lo, hi], color=PRE_COLOR, linestyle="--", linewidth=1)
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_xlabel("average OOD accuracy before fine-tuning (%)")
+    ax.set_ylabel("average OOD accuracy after fine-tuning (%)")
+    handles = [plt.Line2D([], [], color=METHOD_COLORS[i % len(METHOD_COLORS)], marker="o", linestyle="", label=m)
+               for i, m in enumerate(methods)]
+    handles += [plt.Line2D([], [], color="black", marker=MARKERS[i % len(MARKERS)], linestyle="", label=m)
+                for i, m in enumerate(models)]
+    ax.legend(handles=handles, fontsize=7, frameon=False, bbox_to_anchor=(1.02, 1), loc="upper left")
+    ax.grid(alpha=0.3)
+    ax.set_title("Robustness before and after fine-tuning (mean over D_ft)", fontsize=10)
+    _save(fig, path)
+
+
+def wise_curve(sweeps: pd.DataFrame, path) -> None:
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    if sweeps.empty:
+        ax.text(0.5, 0.5, "no weight-space sweep in this grid", ha="center", va="center", transform=ax.transAxes)
+    else:
+        g = sweeps.groupby(["model", "method", "alpha"], sort=False)[["finetune", "ood"]].mean().reset_index()
+        for k, ((model, method), curve) in enumerate(g.groupby(["model", "method"], sort=False)):
+            curve = curve.sort_values("alpha")
+            color = METHOD_COLORS[k % len(METHOD_COLORS)]
+            ax.plot(curve.finetune, curve.ood, marker="o", markersize=3, color=color, label=f"{model} ({method})")
+            for end, text in ((curve.iloc[0], "pretrained"), (curve.iloc[-1], "fine-tuned")):
+                ax.annotate(f"{text} (α={end.alpha:g})", (end.finetune, end.ood), fontsize=7, color=color,
+                            xytext=(4, 4), textcoords="offset points")
+        ax.legend(fontsize=8, frameon=False)
+    ax.set_xlabel("accuracy on D_ft, held-out part (%)")
+    ax.set_ylabel("average OOD accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.set_title("WiSE-FT: mixing the pretrained and fine-tuned weights (mean over D_ft)", fontsize=10)
+    _save(fig, path)
+
+
+def otdd_scatter(distances: pd.DataFrame, method: str, path) -> None:
+    column = f"source_drop_{method}"
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    models = list(dict.fromkeys(distances.model))
+    for k, model in enumerate(models):
+        d = distances[distances.model == model]
+        ax.scatter(d.otdd, d[column], color=METHOD_COLORS[k % len(METHOD_COLORS)], label=model, s=30)
+        for r in d.itertuples(index=False):
+            ax.annotate(r.finetune_dataset, (r.otdd, getattr(r, column)), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+    if len(distances) > 2:
+        x, y = distances.otdd.to_numpy(float), distances[column].to_numpy(float)
+        ok = ~(np.isnan(x) | np.isnan(y))
+        if ok.sum() > 2:
+            r = np.corrcoef(x[ok], y[ok])[0, 1]
+            ax.text(0.02, 0.96, f"Pearson r = {r:.2f}", transform=ax.transAxes, fontsize=8, va="top")
+    ax.set_xlabel("OTDD(pretraining domain, D_ft) on pre-logit features")
+    ax.set_ylabel(f"pretraining-domain accuracy lost by {method} (points)")
+    ax.legend(fontsize=8, frameon=False)
+    ax.grid(alpha=0.3)
+    ax.set_title("Dataset distance vs forgetting", fontsize=10)
+    _save(fig, path)
+
+
+def draw_all(tables: dict[str, str], report: dict, figure_path) -> list[str]:
+    """Every figure from the aggregated tables; ``figure_path(name, ext)`` names the files."""
+    metrics = pd.read_csv(tables["metrics"])
+    summary = pd.read_csv(tables["summary"])
+    sweeps = pd.read_csv(tables["sweeps"])
+    distances = pd.read_csv(tables["distances"])
+    matrix = pd.read_csv(tables["ri_matrix"])
+    dataset, method = report["focus_dataset"], report["focus_method"]
+
+    def target(name):
+        return lambda ext: figure_path(name, ext)
+
+    radar(metrics, dataset, method, target("radar"))
+    bar(summary, dataset, target("bar"))
+    ri_heatmap(matrix, method, target("ri_heatmap"))
+    ood_scatter(summary, target("ood_scatter"))
+    wise_curve(sweeps, target("wise_curve"))
+    otdd_scatter(distances, method, target("otdd_scatter"))
+    return [figure_path(n, e) for n in ("radar", "bar", "ri_heatmap", "ood_scatter", "wise_curve", "otdd_scatter")
+            for e in ("png", "pdf")]

@@ -26,15 +26,33 @@ PATTERNS = {
     "finetune_state": "checkpoints/{suite}/{model}/{method}/{dataset}/state.pt",
     "pretrained_cell": "results/{suite}/{model}/pretrained/{eval}.json",
     "finetuned_cell": "results/{suite}/{model}/{method}/{dataset}/{eval}.json",
+    "distance": "distances/{suite}/{model}/{dataset}.json",
     "cells": "reports/{suite}/cells.csv",
     "metrics": "reports/{suite}/metrics.csv",
     "summary": "reports/{suite}/summary.csv",
     "summary_md": "reports/{suite}/summary.md",
     "methods_summary": "reports/{suite}/summary_by_method.csv",
     "sweeps": "reports/{suite}/sweeps.csv",
-    "radar": "reports/{suite}/figures/radar.png",
-    "bar": "reports/{suite}/figures/bar.png",
+    "ri_matrix": "reports/{suite}/ri_matrix.csv",
+    "corruptions": "reports/{suite}/imagenet_c.csv",
+    "distances": "reports/{suite}/distances.csv",
+    "summary_tex": "reports/{suite}/summary.tex",
+    "metrics_json": "reports/{suite}/metrics.json",
+    "figure": "reports/{suite}/figures/{figure}.{ext}",
 }
+
+
+# What `rib aggregate` writes and `rib figures` draws (Snakemake's and DVC's outputs alike).
+TABLES = ("cells", "metrics", "summary", "summary_md", "summary_tex", "methods_summary", "sweeps", "ri_matrix",
+          "corruptions", "distances", "metrics_json")
+
+
+FIGURES = ("radar", "bar", "ri_heatmap", "ood_scatter", "wise_curve", "otdd_scatter")
+FIGURE_FORMATS = ("png", "pdf")
+
+
+def figure_paths(suite: str) -> list[str]:
+    return [PATTERNS["figure"].format(suite=suite, figure=f, ext=e) for f in FIGURES for e in FIGURE_FORMATS]
 
 
 def path(kind: str, **fields) -> str:
@@ -140,11 +158,24 @@ def cells(params: dict) -> Iterator[Cell]:
                     yield Cell(model, method, dataset, ev)
 
 
+def distance_reference(params: dict) -> str:
+    """The pretraining-domain dataset the fine-tuning datasets are measured against."""
+    return params["distance"]["reference"] or params["grid"]["source"]
+
+
+def distance_jobs(params: dict) -> Iterator[tuple[str, str]]:
+    for model in params["grid"]["models"]:
+        for dataset in params["grid"]["datasets"]:
+            yield model, dataset
+
+
 def datasets_to_prepare(params: dict) -> list[str]:
     """The source set, D, and (for pipeline-pretrained models) their corpora."""
     from .models.registry import get_model
 
     names = eval_datasets(params)
+    if distance_reference(params) not in names:
+        names.append(distance_reference(params))
     for model in params["grid"]["models"]:
         corpus = get_model(model, params).pretrain_corpus
         if corpus and corpus not in names:

@@ -142,4 +142,4 @@ EVAL_NAMES = "|".join(sorted(SUITE.names("source") + SUITE.names("shift")))
 CORPUS_NAMES = "|".join(sorted(SUITE.names("corpus")))
 
 
-REPORT_OUTPUTS = [PAT[k] for k in ("cells", "metrics", "summary", "summary_md", "methods_summary", "sweeps", "radar", "bar")]
+REPORT_OUTPUTS = [PAT[k] for k in rib_grid.TABLES] + rib_grid.figure_paths(SUITE.name)

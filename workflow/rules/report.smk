@@ -1,4 +1,5 @@
-# Aggregation: cells -> long-format table, metrics and summaries -> the paper's figures.
+# Aggregation: cells -> long-format table, metrics and summaries -> the paper's figures. Every
+# table and figure goes into `snakemake --report` with its caption (workflow/report/*.rst).
 
 localrules:
     aggregate,
@@ -7,14 +8,20 @@ localrules:
 
 rule aggregate:
     input:
-        [cell.path(SUITE.name) for cell in rib_grid.cells(PARAMS)],
+        cells=[cell.path(SUITE.name) for cell in rib_grid.cells(PARAMS)],
+        distances=[PAT["distance"].format(model=model_slug(m), dataset=d) for m, d in rib_grid.distance_jobs(PARAMS)],
     output:
-        cells=PAT["cells"],
-        metrics=PAT["metrics"],
-        summary=PAT["summary"],
+        cells=report(PAT["cells"], caption="../report/cells.rst", category="Tables"),
+        metrics=report(PAT["metrics"], caption="../report/metrics.rst", category="Tables"),
+        summary=report(PAT["summary"], caption="../report/summary.rst", category="Tables"),
         summary_md=PAT["summary_md"],
-        methods_summary=PAT["methods_summary"],
-        sweeps=PAT["sweeps"],
+        summary_tex=PAT["summary_tex"],
+        methods_summary=report(PAT["methods_summary"], caption="../report/methods_summary.rst", category="Tables"),
+        sweeps=report(PAT["sweeps"], caption="../report/sweeps.rst", category="Tables"),
+        ri_matrix=report(PAT["ri_matrix"], caption="../report/ri_matrix.rst", category="Tables"),
+        corruptions=report(PAT["corruptions"], caption="../report/corruptions.rst", category="Tables"),
+        distances=report(PAT["distances"], caption="../report/distances.rst", category="Tables"),
+        metrics_json=PAT["metrics_json"],
     log:
         f"{LOGS}/aggregate.log",
     conda:
@@ -27,9 +34,12 @@ rule figures:
     input:
         metrics=PAT["metrics"],
         summary=PAT["summary"],
+        sweeps=PAT["sweeps"],
+        distances=PAT["distances"],
+        ri_matrix=PAT["ri_matrix"],
     output:
-        radar=report(PAT["radar"], caption="../report/radar.rst", category="Figures"),
-        bar=report(PAT["bar"], caption="../report/bar.rst", category="Figures"),
+        [report(f, caption=f"../report/{Path(f).stem}.rst", category="Figures", subcategory=Path(f).suffix[1:].upper())
+         for f in rib_grid.figure_paths(SUITE.name)],
     log:
         f"{LOGS}/figures.log",
     params:

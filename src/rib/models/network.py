@@ -49,6 +49,14 @@ def feature_dim(model: nn.Module) -> int:
     return int(model.num_features)
 
 
+def pre_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The features the classification head reads (timm's ``pre_logits``; CLIP's normalised embedding)."""
+    features = model.forward_features(x)
+    if hasattr(model, "forward_head"):
+        return model.forward_head(features, pre_logits=True)
+    return features
+
+
 @dataclass
 class Checkpoint:
     model: nn.Module

@@ -1,0 +1,21 @@
+# Dataset distance: OTDD between the pretraining-domain data and each fine-tuning dataset, on the
+# pretrained model's pre-logit features (one job per model and D_ft).
+
+
+rule distance:
+    input:
+        pretrained=PAT["pretrained"],
+        reference=prepared(rib_grid.distance_reference(PARAMS)),
+        data=lambda w: prepared(w.dataset),
+    output:
+        PAT["distance"],
+    log:
+        f"{LOGS}/distance/{{model}}/{{dataset}}.log",
+    params:
+        settings=PARAMS["distance"],
+    threads: THREADS
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m rib distance {wildcards.model} {wildcards.dataset} --pretrained {input.pretrained} "
+        "--reference-data {input.reference} --data {input.data} --out {output} --threads {threads} > {log} 2>&1"
