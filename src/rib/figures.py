@@ -98,8 +98,9 @@ def bar(summary: pd.DataFrame, dataset: str, path: str | os.PathLike) -> None:
         ax.set_ylim(0, 100)
         ax.grid(axis="y", alpha=0.3)
     axs[0].set_ylabel("average OOD top-1 accuracy (%)")
-    axs[0].legend(fontsize=8, frameon=False)
     fig.tight_layout()
+    handles, labels = axs[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
     _save(fig, path)
 
 
