@@ -90,18 +90,29 @@ def in_tiny_suite(tiny_suite):
     os.chdir(cwd)
 
 
-@pytest.fixture(scope="session")
-def tiny_pretrained(tiny_suite) -> Path:
-    """A pretrained mini_resnet.narrow checkpoint of the tiny configuration (in-process `rib pretrain`)."""
+def _pretrain(tiny_suite, model: str) -> Path:
+    """Pretrain a rib-mini model of the tiny configuration on its narrow corpus (in-process `rib pretrain`)."""
     from rib.cli import main
 
     root, _ = tiny_suite
-    out = root / "models" / "rib-mini" / "mini_resnet.narrow" / "pretrained.pt"
+    out = root / "models" / "rib-mini" / model / "pretrained.pt"
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        assert main(["pretrain", "mini_resnet.narrow", "--data", "data/rib-mini/corpora/prepared/narrow",
-                     "--out", str(out), "-q"]) == 0
+        assert main(["pretrain", model, "--data", "data/rib-mini/corpora/prepared/narrow", "--out", str(out),
+                     "-q"]) == 0
     finally:
         os.chdir(cwd)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_pretrained(tiny_suite) -> Path:
+    """A pretrained mini_resnet.narrow checkpoint of the tiny configuration."""
+    return _pretrain(tiny_suite, "mini_resnet.narrow")
+
+
+@pytest.fixture(scope="session")
+def tiny_vit(tiny_suite) -> str:
+    """A pretrained mini_vit.narrow (a transformer: LoRA has attention to adapt)."""
+    return str(_pretrain(tiny_suite, "mini_vit.narrow"))

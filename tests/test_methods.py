@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
-import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,21 +24,6 @@ from rib.train import Schedule, fit
 
 CPU = torch.device("cpu")
 TRAIN_METHODS = ["ft", "lp", "lora", "visual_prompt", "ewc", "l2sp", "lwf", "mas"]
-
-
-@pytest.fixture(scope="session")
-def tiny_vit(tiny_suite) -> str:
-    """A pretrained mini_vit.narrow of the tiny configuration (in-process `rib pretrain`)."""
-    root, _ = tiny_suite
-    out = root / "models" / "rib-mini" / "mini_vit.narrow" / "pretrained.pt"
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        assert main(["pretrain", "mini_vit.narrow", "--data", "data/rib-mini/corpora/prepared/narrow",
-                     "--out", str(out), "-q"]) == 0
-    finally:
-        os.chdir(cwd)
-    return str(out)
 
 
 def _reference(prep):
