@@ -167,15 +167,11 @@ def cmd_models_fetch(args, params) -> int:
 def _reference_loader(data_dir, prep, show_progress: bool):
     """Pretraining-domain images for importance weights: ``samples`` rows drawn with ``seed``."""
     def load(samples: int, seed: int):
-        import torch
-
-        from .data.loading import ImageDataset, preload
+        from .data.loading import ImageDataset, preload, sample_rows
         from .data.manifest import load_prepared
 
         prepared = load_prepared(data_dir)
-        rows = prepared.select(None)
-        pick = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))[:samples].tolist()
-        ds = ImageDataset(prepared.root, [rows[i] for i in sorted(pick)], prep, prepared.border)
+        ds = ImageDataset(prepared.root, sample_rows(prepared, None, samples, seed), prep, prepared.border)
         return preload(ds, f"{prepared.name} (reference)", show_progress)
     return load
 
@@ -407,7 +403,7 @@ def cmd_combine(args, params) -> int:
             raise RibError(f"methods.{entry}: needs the held-out part of {args.dataset!r} (--data)")
         model.load_state_dict(state)
         correct = predict(model, own, base.label_space, base.preprocessing, part="heldout", loaded=loaded,
-                          **{k: v for k, v in settings.items()})
+                          **settings)
         return float(correct.float().mean())
 
     variants, record = get_method(config["method"], config).variants(theta0, states, heldout_score)
@@ -444,7 +440,7 @@ def cmd_distance(args, params) -> int:
     import numpy as np
     import torch
 
-    from .data.loading import ImageDataset, batches, normalize, preload
+    from .data.loading import ImageDataset, batches, normalize, preload, sample_rows
     from .data.manifest import load_prepared
     from .distance import otdd
     from .io import sha256_file, write_json
@@ -458,16 +454,14 @@ def cmd_distance(args, params) -> int:
 
     def features(folder, part):
         prepared = load_prepared(folder)
-        rows = prepared.select(part)
-        pick = torch.randperm(len(rows), generator=torch.Generator().manual_seed(params["seed"]))
-        keep = sorted(pick[:settings["samples"]].tolist())
-        ds = ImageDataset(prepared.root, [rows[i] for i in keep], ckpt.preprocessing, prepared.border)
+        rows = sample_rows(prepared, part, settings["samples"], params["seed"])
+        ds = ImageDataset(prepared.root, rows, ckpt.preprocessing, prepared.border)
         data = preload(ds, prepared.name, not args.quiet) if params["runtime"]["preload"] else ds
         out = []
         with torch.inference_mode():
             for images, _ in batches(data, torch.arange(len(ds)), params["evaluate"]["batch_size"]):
                 out.append(network.pre_logits(model, normalize(images, ckpt.preprocessing, device)).float().cpu())
-        return prepared, torch.cat(out).numpy(), np.array([rows[i].label for i in keep])
+        return prepared, torch.cat(out).numpy(), np.array([r.label for r in rows])
 
     ref, x1, y1 = features(args.reference_data, None)
     own, x2, y2 = features(args.data, "finetune")

@@ -167,7 +167,7 @@ def _check_methods(params: dict) -> None:
     """Every methods entry against its method's settings; names between entries must resolve."""
     from jsonschema.exceptions import best_match
 
-    from .methods import METHODS, entry_config, entry_info, ingredients, init_entry
+    from .methods import METHODS, entry_config, entry_info, init_entry
 
     entries = params["methods"]
     for key, settings in entries.items():
@@ -207,7 +207,6 @@ def _check_methods(params: dict) -> None:
                                   f"{_close(config['reference'], known)}")
         if "alphas" in info.options and config["alpha"] not in config["alphas"]:
             raise ConfigError(f"methods.{key}.alpha: {config['alpha']} is not one of alphas {config['alphas']}")
-        ingredients(params, key)
     for i, name in enumerate(params["grid"]["methods"]):
         if name not in entries:
             raise ConfigError(f"grid.methods[{i}]: no methods entry {name!r}{_close(name, entries)} "

@@ -83,16 +83,6 @@ def render(params: dict, params_file: str, out: str | os.PathLike) -> str:
 
     evals = grid.eval_datasets(params)
     models = [model_slug(m) for m in params["grid"]["models"]]
-    corpora, references = [], set()
-    for m in params["grid"]["models"]:
-        corpus = get_model(m, params).pretrain_corpus
-        if corpus and corpus not in corpora:
-            corpora.append(corpus)
-        for entry in grid.train_entries(params):
-            ref = grid.reference_dataset(params, m, entry)
-            if ref:
-                references.add(ref)
-    extra = [r for r in sorted(references) if r not in evals and r not in corpora]
     role = get_suite(params).dataset
 
     def raw(d: str) -> str:
@@ -102,8 +92,9 @@ def render(params: dict, params_file: str, out: str | os.PathLike) -> str:
         return grid.data_dir(params, d)
 
     stages: dict = {}
-    data_sets = {"evaluation": evals + [d for d in extra if role(d).role != "corpus"],
-                 "corpus": corpora + [d for d in extra if role(d).role == "corpus"]}
+    needed = grid.datasets_to_prepare(params)
+    data_sets = {"evaluation": [d for d in needed if role(d).role != "corpus"],
+                 "corpus": [d for d in needed if role(d).role == "corpus"]}
     for kind, names in data_sets.items():
         if not names:
             continue

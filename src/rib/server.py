@@ -148,7 +148,6 @@ def _child(conn: socket.socket, request: dict, fds: list[int], initial_seed: int
     import torch
 
     torch.manual_seed(initial_seed)
-    lock = threading.Lock()
 
     def watch():  # forward signals; die with the client
         while True:
@@ -179,11 +178,10 @@ def _child(conn: socket.socket, request: dict, fds: list[int], initial_seed: int
                 stream.flush()
             except Exception:
                 pass
-        with lock:
-            try:
-                _send(conn, {"exit": int(code)})
-            except OSError:
-                pass
+        try:
+            _send(conn, {"exit": int(code)})
+        except OSError:
+            pass
         os._exit(int(code) & 0xFF)
 
 

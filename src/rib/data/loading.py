@@ -82,6 +82,13 @@ def preload(dataset: ImageDataset, desc: str, show_progress: bool = True) -> InM
     return InMemoryDataset(images, dataset.labels.clone())
 
 
+def sample_rows(prepared: PreparedDataset, part: str | None, samples: int, seed: int) -> list[Row]:
+    """At most ``samples`` rows of ``part``, drawn with ``seed`` and kept in manifest order."""
+    rows = prepared.select(part)
+    pick = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))[:samples].tolist()
+    return [rows[i] for i in sorted(pick)]
+
+
 def open_dataset(prepared: PreparedDataset, part: str | None, prep: Preprocessing, *, preload_images: bool,
                  show_progress: bool = True) -> ImageDataset | InMemoryDataset:
     rows = prepared.select(part)

@@ -35,6 +35,7 @@ _REFERENCE = {
                                  "when the pipeline pretrained it, else grid.source"},
 }
 _INGREDIENTS = {"type": "array", "minItems": 1, "uniqueItems": True, "items": {"type": "string", "minLength": 1}}
+_SOUP = {**_INGREDIENTS, "default": ["ft", "lp_ft", "l2sp", "ewc", "lwf", "mas"]}
 
 
 @dataclass(frozen=True)
@@ -99,13 +100,11 @@ METHODS: dict[str, MethodInfo] = {
         ingredients_from=("of",)),
     "uniform_soup": MethodInfo(
         "rib.methods.weights:UniformSoup", kind="weights", summary="uniform model soup: the mean of fine-tuned weights",
-        options={"ingredients": {**_INGREDIENTS, "default": ["ft", "lp_ft", "l2sp", "ewc", "lwf", "mas"]}},
-        ingredients_from=("ingredients",)),
+        options={"ingredients": _SOUP}, ingredients_from=("ingredients",)),
     "greedy_soup": MethodInfo(
         "rib.methods.weights:GreedySoup", kind="weights",
         summary="greedy soup: ingredients added best first while held-out D_ft accuracy does not drop",
-        options={"ingredients": {**_INGREDIENTS, "default": ["ft", "lp_ft", "l2sp", "ewc", "lwf", "mas"]}},
-        ingredients_from=("ingredients",)),
+        options={"ingredients": _SOUP}, ingredients_from=("ingredients",)),
     "model_stock": MethodInfo(
         "rib.methods.weights:ModelStock", kind="weights",
         summary="Model Stock: per layer, the average of fine-tuned models pulled to the pretrained one by their angle",
