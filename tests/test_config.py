@@ -53,6 +53,26 @@ def test_unknown_key_in_a_method(default_params):
     assert "methods.lp.lrr: unknown key" in error_of(default_params)
 
 
+def test_a_method_entry_may_override_the_schedule(default_params):
+    default_params["methods"]["lp"].update(epochs=20, batch_size=8)
+    assert validate(default_params)["methods"]["lp"]["epochs"] == 20
+    default_params["methods"]["lp"]["epochs"] = 0
+    assert error_of(default_params) == "params.yaml: methods.lp.epochs: expected a value at least 1, got 0"
+
+
+def test_job_resources_merge_default_and_kind(default_params):
+    from rib.config import job_resources
+
+    default_params["resources"] = {"default": {"mem_mb": 1000}, "finetune": {"gpus": 1, "runtime": 600}}
+    validate(default_params)
+    assert job_resources(default_params, "finetune") == {"gpus": 1, "mem_mb": 1000, "runtime": 600}
+    assert job_resources(default_params, "evaluate")["gpus"] == 0
+    default_params["resources"]["finetune"]["gpu"] = 1
+    assert error_of(default_params).startswith("params.yaml: resources.finetune.gpu: unknown key")
+    default_params["resources"] = {"finetuen": {}}
+    assert "resources.finetuen: unknown key; did you mean 'finetune'?" in error_of(default_params)
+
+
 def test_wrong_type(default_params):
     default_params["train"]["lr"] = "fast"
     assert error_of(default_params) == "params.yaml: train.lr: expected a number, got a string 'fast'"
@@ -100,6 +120,12 @@ def test_unknown_suite(default_params):
 def test_empty_grid(default_params):
     default_params["grid"]["methods"] = []
     assert error_of(default_params) == "params.yaml: grid.methods: must not be empty"
+
+
+def test_a_grid_of_one_dataset_has_nothing_out_of_distribution(default_params):
+    default_params["grid"]["datasets"] = ["sketch"]
+    default_params["report"]["focus_dataset"] = "sketch"
+    assert error_of(default_params).startswith("params.yaml: grid.datasets: at least 2 datasets are needed")
 
 
 def test_model_not_pretrained_by_configuration(default_params):

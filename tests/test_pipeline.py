@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from tests.conftest import REPO, TINY_PARAMS, job_counts, rib_env, run_rib
 
@@ -214,3 +215,24 @@ def test_snakemake_lint_is_clean(tmp_path):
     ws = make_workspace(tmp_path / "lint")
     out = snakemake(ws, "--lint")
     assert "Congratulations, your workflow is in a good condition!" in out.stdout + out.stderr
+
+
+def test_rules_ask_the_cluster_for_the_params_resources(tmp_path):
+    """params.yaml `resources` become the rules' Snakemake resources (what profiles/slurm sends to
+    sbatch); a profile's or the command line's set-resources overrides them. (Which rules are local
+    is checked on a real cluster, in test_slurm.py.)"""
+    ws = make_workspace(tmp_path / "resources")
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    params["resources"] = {"default": {"mem_mb": 1500, "runtime": 20},
+                           "finetune": {"gpus": 1, "cpus": 4, "mem_mb": 9000, "runtime": 90}}
+    (ws / "params.yaml").write_text(yaml.safe_dump(params))
+    out = snakemake(ws, "-n", "--set-resources", "evaluate_finetuned:runtime=7").stdout
+
+    def resources(rule: str) -> str:
+        block = out.split(f"rule {rule}:\n", 1)[1].split("\n\n", 1)[0]
+        return next(line for line in block.splitlines() if line.strip().startswith("resources:"))
+
+    assert "gpu=1" in resources("finetune") and "cpus_per_gpu=4" in resources("finetune")
+    assert "mem_mb=9000" in resources("finetune") and "runtime=90" in resources("finetune")
+    assert "gpu=" not in resources("prepare") and "mem_mb=1500" in resources("prepare")
+    assert "runtime=20" in resources("evaluate_pretrained") and "runtime=7" in resources("evaluate_finetuned")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from rib.cli import main
 from rib.data.labels import LabelProjection
 from rib.data.loading import open_dataset
 from rib.data.manifest import load_prepared
-from rib.errors import TrainingStopped
+from rib.errors import TrainingInterrupted, TrainingStopped
 from rib.methods import get_method
 from rib.models import network
 from rib.train import Schedule, fit, lr_factor
@@ -34,11 +35,11 @@ def test_warmup_then_cosine():
     assert lr_factor(5, 0, 10) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
 
 
-def _setup(tiny_pretrained, method_name, epochs=3):
+def _setup(tiny_pretrained, method_name, epochs=3, batch_size=8):
     ckpt = network.load(tiny_pretrained)
     prepared = load_prepared("data/rib-mini/prepared/sketch")
     data = open_dataset(prepared, "finetune", ckpt.preprocessing, preload_images=True, show_progress=False)
-    cfg = {"epochs": epochs, "batch_size": 8, "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0, "warmup_steps": 2}
+    cfg = {"epochs": epochs, "batch_size": batch_size, "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0, "warmup_steps": 2}
     method = get_method(method_name, cfg)
     return ckpt, data, LabelProjection(prepared.classes, ckpt.label_space), Schedule.from_config(cfg), method
 
@@ -95,7 +96,84 @@ def test_linear_probing_changes_only_the_head(in_tiny_suite, tiny_pretrained, tm
     assert any(not torch.equal(before[k], full[k]) for k in before if k.startswith("layer1"))
 
 
-def test_finetune_resumes_after_sigkill_with_identical_weights(in_tiny_suite, tiny_pretrained, tmp_path):
+class _SignalAtStep:
+    """A method that sends this process a real signal while computing the loss of step ``at``."""
+
+    def __init__(self, method, at: int, signum=signal.SIGTERM):
+        self._method, self.at, self.signum, self.calls = method, at, signum, 0
+
+    def __getattr__(self, name):
+        return getattr(self._method, name)
+
+    def loss(self, *args):
+        self.calls += 1
+        if self.calls == self.at:
+            os.kill(os.getpid(), self.signum)
+        return self._method.loss(*args)
+
+
+class _SignalWhileSaving(_SignalAtStep):
+    """... or while the state of epoch ``at`` is being written."""
+
+    def loss(self, *args):
+        return self._method.loss(*args)
+
+    def state_dict(self):
+        self.calls += 1
+        if self.calls == self.at:
+            os.kill(os.getpid(), self.signum)
+        return self._method.state_dict()
+
+
+def test_a_signal_while_the_epoch_state_is_written_is_recorded(in_tiny_suite, tiny_pretrained, tmp_path):
+    ckpt, data, proj, sched, method = _setup(tiny_pretrained, "ft")
+    with pytest.raises(TrainingInterrupted, match="stopped by SIGTERM after epoch 2"):
+        fit(ckpt.model, _SignalWhileSaving(method, 2), data, proj, ckpt.preprocessing, sched, seed=0,
+            device=torch.device("cpu"), state_path=tmp_path / "s.pt", run_fingerprint="test", show_progress=False)
+    saved = torch.load(tmp_path / "s.pt", weights_only=True)
+    assert saved["epoch"] == 2 and [i["epoch"] for i in saved["interruptions"]] == [3]
+
+
+@pytest.mark.parametrize("where", ["mid-epoch", "epoch end"])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_stop_signal_saves_mid_epoch_and_resume_is_exact(in_tiny_suite, tiny_pretrained, tmp_path, where, signum):
+    ckpt, data, proj, sched, method = _setup(tiny_pretrained, "ft", batch_size=3)
+    n = len(data)
+    steps_per_epoch = math.ceil((n - (n % sched.batch_size == 1)) / sched.batch_size)  # as fit counts them
+    assert steps_per_epoch >= 4
+    at = 2 if where == "mid-epoch" else steps_per_epoch
+    unbroken_history, _, _ = fit(ckpt.model, method, data, proj, ckpt.preprocessing, sched, seed=0,
+                                 device=torch.device("cpu"), state_path=tmp_path / "a.pt", run_fingerprint="test",
+                                 show_progress=False)
+    unbroken = ckpt.model.state_dict()
+
+    ckpt, data, proj, sched, method = _setup(tiny_pretrained, "ft", batch_size=3)
+    previous = signal.getsignal(signum)
+    with pytest.raises(TrainingInterrupted, match=f"stopped by {signal.Signals(signum).name}") as stop:
+        fit(ckpt.model, _SignalAtStep(method, at, signum), data, proj, ckpt.preprocessing, sched, seed=0,
+            device=torch.device("cpu"), state_path=tmp_path / "b.pt", run_fingerprint="test", show_progress=False)
+    assert stop.value.signum == signum
+    assert signal.getsignal(signum) == previous, "fit must put the signal handlers back"
+    saved = torch.load(tmp_path / "b.pt", weights_only=True)
+    assert saved["step"] == at  # the step in progress finished, then the state was written
+    assert (saved["epoch"], saved["batch"]) == ((0, at) if at < steps_per_epoch else (1, 0))
+    assert [i["signal"] for i in saved["interruptions"]] == [signal.Signals(signum).name]
+
+    ckpt, data, proj, sched, method = _setup(tiny_pretrained, "ft", batch_size=3)
+    stops: list = []
+    history, _, _ = fit(ckpt.model, method, data, proj, ckpt.preprocessing, sched, seed=0,
+                        device=torch.device("cpu"), state_path=tmp_path / "b.pt", run_fingerprint="test",
+                        show_progress=False, interruptions=stops)
+    assert _same(unbroken, ckpt.model.state_dict())
+    assert [h["loss"] for h in history] == [h["loss"] for h in unbroken_history]
+    assert [h["train_top1"] for h in history] == [h["train_top1"] for h in unbroken_history]
+    assert len(stops) == 1 and stops[0]["step"] == at
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
+def test_finetune_resumes_after_a_signal_with_identical_weights(in_tiny_suite, tiny_pretrained, tmp_path, signum):
+    """SIGKILL: resume from the last finished epoch. SIGTERM (SLURM preemption): the run saves where it
+    is, exits with 143, and the next run resumes from that step. Both end with the unbroken weights."""
     root, _ = in_tiny_suite
     base = ["finetune", "mini_resnet.narrow", "ft", "c", "--pretrained", str(tiny_pretrained),
             "--data", "data/rib-mini/prepared/c", "-q"]
@@ -113,12 +191,14 @@ def test_finetune_resumes_after_sigkill_with_identical_weights(in_tiny_suite, ti
     deadline = time.time() + 120
     while not state.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
+    proc.send_signal(signum)
     proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    assert not out.exists(), "a killed run must not leave a final checkpoint"
-    done = torch.load(state, weights_only=True)["epoch"]
-    assert 1 <= done < 6
+    expected = -signal.SIGKILL if signum == signal.SIGKILL else 128 + signal.SIGTERM
+    assert proc.returncode == expected, "the run finished before it could be stopped"
+    assert not out.exists(), "a stopped run must not leave a final checkpoint"
+    saved = torch.load(state, weights_only=True)
+    assert 1 <= saved["epoch"] < 6
+    assert len(saved.get("interruptions", [])) == (signum == signal.SIGTERM)
 
     assert main(base + epochs + ["--out", str(out)]) == 0
     assert not state.exists()
@@ -126,6 +206,7 @@ def test_finetune_resumes_after_sigkill_with_identical_weights(in_tiny_suite, ti
     b = torch.load(out, weights_only=True)
     assert _same(a["state_dict"], b["state_dict"])
     assert [h["loss"] for h in a["meta"]["history"]] == [h["loss"] for h in b["meta"]["history"]]
+    assert len(b["meta"]["interruptions"]) == (signum == signal.SIGTERM)
 
 
 def test_same_cell_twice_gives_identical_numbers(in_tiny_suite, tiny_pretrained, tmp_path):

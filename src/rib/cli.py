@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import ConfigError, load
-from .errors import RibError, TrainingStopped
+from .errors import RibError, TrainingInterrupted, TrainingStopped
 
 log = logging.getLogger("rib")
 
@@ -56,8 +56,18 @@ def _code_version() -> dict:
 def _provenance(device) -> dict:
     import torch
 
+    slurm = {"slurm_job_id": os.environ["SLURM_JOB_ID"]} if os.environ.get("SLURM_JOB_ID") else {}
     return {**_code_version(), "torch_version": str(torch.__version__), "device": str(device),
-            "host": platform.node(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            "host": platform.node(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **slurm}
+
+
+def _log_slurm_job() -> None:
+    """Inside a SLURM job, say which one first: the job's log then names its SLURM job id."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if job:
+        extra = f", restart {os.environ['SLURM_RESTART_COUNT']}" if os.environ.get("SLURM_RESTART_COUNT") else ""
+        log.info("SLURM job %s on %s (partition %s%s)", job, platform.node(),
+                 os.environ.get("SLURM_JOB_PARTITION", "?"), extra)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -193,12 +203,14 @@ def _train_and_save(args, params, *, model, spec_name, arch, arch_kwargs, label_
     run_fp = fingerprint(meta=meta, manifest=prepared.info["manifest_sha256"], seed=seed)
     reference = _reference_loader(reference_dir, prep, not args.quiet) if reference_dir else None
     t0 = time.time()
+    interruptions: list[dict] = []
     history, final, wrapper = fit(model, method, data, projection, prep, sched, seed=seed, device=device,
                                   state_path=state, run_fingerprint=run_fp,
                                   workers=params["runtime"]["loader_workers"], desc=meta.get("method", "train"),
                                   show_progress=not args.quiet, stop_after_epoch=args.stop_after_epoch,
-                                  reference=reference)
-    meta = {**meta, "schedule": schedule, "history": history, "train_images": len(data),
+                                  reference=reference, interruptions=interruptions)
+    meta = {**meta, "schedule": schedule, "history": history, "interruptions": interruptions,
+            "train_images": len(data),
             "train_manifest_sha256": prepared.info["manifest_sha256"], "seed": seed,
             "train_seconds": round(time.time() - t0, 3), **_provenance(device)}
     network.save(args.out, final, name=spec_name, arch=arch, arch_kwargs=arch_kwargs, label_space=label_space,
@@ -753,9 +765,14 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
+    if args.func is not cmd_serve:
+        _log_slurm_job()
     try:
         params = load(args.params)
         return args.func(args, params)
+    except TrainingInterrupted as stop:
+        log.warning("%s", stop)
+        return 128 + stop.signum  # what a shell reports for a process ended by that signal
     except TrainingStopped as stop:
         log.warning("%s", stop)
         return 3

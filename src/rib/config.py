@@ -143,6 +143,9 @@ def _check_names(params: dict) -> None:
     for i, name in enumerate(params["grid"]["datasets"]):
         if name not in shifts:
             raise ConfigError(f"grid.datasets[{i}]: unknown dataset {name!r} for suite {suite.name!r}{_close(name, shifts)}")
+    if len(params["grid"]["datasets"]) < 2:
+        raise ConfigError("grid.datasets: at least 2 datasets are needed: a model fine-tuned on one is evaluated "
+                          "out of distribution on the others")
     ref = params["distance"]["reference"]
     if ref is not None and ref not in suite.datasets:
         raise ConfigError(f"distance.reference: unknown dataset {ref!r} for suite {suite.name!r}{_close(ref, suite.datasets)}")
@@ -160,7 +163,9 @@ def _method_validator(name: str):
     properties = {**schema()["$defs"]["schedule"]["properties"], **COMMON_OPTIONS}
     properties.update({k: {kk: vv for kk, vv in v.items() if kk not in ("default", "description")}
                        for k, v in METHODS[name].options.items()})
-    return _validator_class()({"type": "object", "additionalProperties": False, "properties": properties})
+    # The schedule's settings refer to the params schema's $defs (positive_int): keep them reachable.
+    return _validator_class()({"type": "object", "additionalProperties": False, "properties": properties,
+                               "$defs": schema()["$defs"]})
 
 
 def _check_methods(params: dict) -> None:
@@ -267,3 +272,16 @@ def method_schedule(params: dict, entry: str) -> dict:
     from .methods import entry_config
 
     return entry_config(params, entry)
+
+
+JOB_KINDS = ("generate", "prepare", "pretrain", "finetune", "evaluate", "combine", "distance")
+DEFAULT_RESOURCES = {"gpus": 0, "mem_mb": 4000, "runtime": 60}
+
+
+def job_resources(params: dict, kind: str) -> dict:
+    """What one job of ``kind`` asks a cluster for: built-in defaults, then ``resources.default``,
+    then ``resources.<kind>`` (gpus, cpus, mem_mb, runtime in minutes; cpus absent = threads)."""
+    if kind not in JOB_KINDS:
+        raise ValueError(f"unknown job kind {kind!r}; expected one of {', '.join(JOB_KINDS)}")
+    section = params.get("resources") or {}
+    return {**DEFAULT_RESOURCES, **(section.get("default") or {}), **(section.get(kind) or {})}

@@ -22,3 +22,12 @@ class UnknownNameError(RibError, KeyError):
 
 class TrainingStopped(Exception):
     """A training run ended early on purpose (``--stop-after-epoch``); its resume state is saved."""
+
+
+class TrainingInterrupted(TrainingStopped):
+    """A training run stopped on a signal (SLURM preemption, time limit, requeue: SIGTERM; or SIGUSR1)
+    after saving its resume state; running the same command again continues where it stopped."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum

@@ -7,6 +7,9 @@
 * Resume: after every epoch the full training state (weights, optimiser, step, method state,
   history) is written atomically to ``state_path``. A restarted run with the same fingerprint
   continues after the last finished epoch and ends with the same weights as an unbroken run.
+* Preemption: SIGTERM or SIGUSR1 (what SLURM sends on preemption, requeue and at the time limit)
+  saves the state after the step in progress, mid-epoch included (with the generator state and the
+  epoch's running sums), and stops; the requeued or retried job resumes from that step exactly.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ import json
 import logging
 import math
 import os
+import platform
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,7 +32,7 @@ from torch import nn
 
 from .data.labels import LabelProjection
 from .data.loading import ImageDataset, InMemoryDataset, batches, normalize
-from .errors import TrainingStopped
+from .errors import TrainingInterrupted, TrainingStopped
 from .io import atomic_path
 from .methods.base import Method, TrainContext
 from .models.registry import Preprocessing
@@ -106,15 +112,78 @@ def _load_state(state_path: Path, expected: str) -> dict | None:
     return state
 
 
+STOP_SIGNALS = ("SIGTERM", "SIGUSR1")  # SLURM: preemption, time limit, requeue; --signal=USR1@T warnings
+
+
+class StopRequest:
+    """Remembers the first stop signal; the training loop saves and stops at the next step boundary."""
+
+    def __init__(self):
+        self.signum: int | None = None
+
+    def __call__(self, signum, _frame) -> None:
+        if self.signum is None:
+            self.signum = signum
+            log.warning("received %s: saving the training state after the current step, then stopping",
+                        signal.Signals(signum).name)
+
+    @contextlib.contextmanager
+    def installed(self):
+        """Catch the stop signals while training (main thread only; elsewhere signals stay as they are)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {}
+        try:
+            for name in STOP_SIGNALS:
+                sig = getattr(signal, name, None)
+                if sig is not None:
+                    previous[sig] = signal.signal(sig, self)
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict | None, device: torch.device) -> None:
+    if not state:
+        return
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _job_identity() -> dict:
+    """Where an interrupted run was running: its SLURM job, when there is one."""
+    ident = {"host": platform.node(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    for key, env in (("slurm_job_id", "SLURM_JOB_ID"), ("slurm_restart_count", "SLURM_RESTART_COUNT")):
+        if os.environ.get(env):
+            ident[key] = os.environ[env]
+    return ident
+
+
 def fit(model: nn.Module, method: Method, data: ImageDataset | InMemoryDataset, projection: LabelProjection,
         prep: Preprocessing, schedule: Schedule, *, seed: int, device: torch.device, state_path: str | os.PathLike,
         run_fingerprint: str, workers: int = 0, desc: str = "train", show_progress: bool = True,
-        stop_after_epoch: int | None = None, reference=None) -> tuple[list[dict], nn.Module, dict | None]:
+        stop_after_epoch: int | None = None, reference=None,
+        interruptions: list | None = None) -> tuple[list[dict], nn.Module, dict | None]:
     """Train ``model`` with ``method``; returns (per-epoch history, the model to save, its wrapper).
 
     ``reference(samples, seed)`` loads pretraining-domain images for methods that need them.
     ``stop_after_epoch`` ends the run after that epoch as if the job had been killed (for tests and
     preemption drills); calling ``fit`` again resumes.
+
+    SIGTERM or SIGUSR1 (SLURM's preemption, requeue and time-limit signals) makes the run save its
+    full state after the step in progress, mid-epoch included, and raise TrainingInterrupted; calling
+    ``fit`` again continues from that step and ends with the same weights as an unbroken run. Each
+    such stop is appended to ``interruptions`` (the list is carried in the resume state).
     """
     state_path = Path(state_path)
     model.to(device)
@@ -135,51 +204,96 @@ def fit(model: nn.Module, method: Method, data: ImageDataset | InMemoryDataset, 
     total_steps = steps_per_epoch * schedule.epochs
     run_fp = fingerprint(run=run_fingerprint, schedule=asdict(schedule), method=method.config, n=n)
 
-    start_epoch, step, history = 0, 0, []
+    start_epoch, start_batch, step, history, partial, stops = 0, 0, 0, [], None, []
     state = _load_state(state_path, run_fp)
     if state is not None:
         module.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         method.load_state_dict(state["method"])
         start_epoch, step, history = state["epoch"], state["step"], state["history"]
-        log.info("resuming %s after epoch %d of %d (step %d)", desc, start_epoch, schedule.epochs, step)
+        start_batch, partial, stops = state.get("batch", 0), state.get("partial"), state.get("interruptions", [])
+        log.info("resuming %s at epoch %d of %d, batch %d of %d (step %d)%s", desc, start_epoch + 1,
+                 schedule.epochs, start_batch, steps_per_epoch, step,
+                 f"; interrupted {len(stops)} time(s) before" if stops else "")
     method.start(module, ctx)
+    if state is not None:
+        _set_rng_state(state.get("rng"), device)  # after start(): it may draw from the generator itself
+    if interruptions is not None:
+        interruptions[:] = stops
 
-    for epoch in range(start_epoch, schedule.epochs):
-        t0 = time.time()
-        method.train_mode(module)
-        order = epoch_order(n, seed, epoch)[:used]
-        loss_sum, correct, seen = 0.0, 0, 0
-        bar = progress(batches(data, order, schedule.batch_size, workers, pin_memory=device.type == "cuda"),
-                       desc=f"{desc} epoch {epoch + 1}/{schedule.epochs}", unit="batch", total=steps_per_epoch,
-                       enabled=show_progress, leave=False)
-        for images, labels in bar:
-            factor = lr_factor(step, schedule.warmup_steps, total_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = schedule.lr * factor
-            x = normalize(images, prep, device)
-            y = labels.to(device)
-            with autocast(device, schedule.precision):
-                logits = projection.restrict(module(x)).float()
-                loss = method.loss(module, x, logits, y, ctx)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            loss_sum += float(loss.detach()) * len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            seen += len(y)
-        record = {"epoch": epoch + 1, "loss": loss_sum / seen, "train_top1": correct / seen,
-                  "lr": schedule.lr * lr_factor(step - 1, schedule.warmup_steps, total_steps),
-                  "seconds": round(time.time() - t0, 3)}
-        history.append(record)
-        log.info("%s epoch %d/%d: loss %.4f, train top-1 %.3f, %.1fs", desc, epoch + 1, schedule.epochs,
-                 record["loss"], record["train_top1"], record["seconds"])
+    def save(epoch: int, batch: int, partial_stats: dict | None) -> None:
         with atomic_path(state_path) as tmp:
-            torch.save({"fingerprint": run_fp, "epoch": epoch + 1, "step": step, "history": history,
+            torch.save({"fingerprint": run_fp, "epoch": epoch, "batch": batch, "step": step, "history": history,
+                        "partial": partial_stats, "rng": _rng_state(device), "interruptions": stops,
                         "model": module.state_dict(), "optimizer": optimizer.state_dict(),
                         "method": method.state_dict()}, tmp)
-        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < schedule.epochs:
-            raise TrainingStopped(f"stopped after epoch {epoch + 1} as asked; run again to resume")
+
+    request = StopRequest()
+    with request.installed():
+        for epoch in range(start_epoch, schedule.epochs):
+            t0 = time.time()
+            method.train_mode(module)
+            first = start_batch if epoch == start_epoch else 0
+            order = epoch_order(n, seed, epoch)[:used][first * schedule.batch_size:]
+            stats = dict(partial) if (partial and epoch == start_epoch and first) else \
+                {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
+            done = first
+            bar = progress(batches(data, order, schedule.batch_size, workers, pin_memory=device.type == "cuda"),
+                           desc=f"{desc} epoch {epoch + 1}/{schedule.epochs}", unit="batch",
+                           total=steps_per_epoch - first, enabled=show_progress, leave=False)
+            try:
+                for images, labels in bar:
+                    factor = lr_factor(step, schedule.warmup_steps, total_steps)
+                    for group in optimizer.param_groups:
+                        group["lr"] = schedule.lr * factor
+                    x = normalize(images, prep, device)
+                    y = labels.to(device)
+                    with autocast(device, schedule.precision):
+                        logits = projection.restrict(module(x)).float()
+                        loss = method.loss(module, x, logits, y, ctx)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    step += 1
+                    done += 1
+                    stats["loss_sum"] += float(loss.detach()) * len(y)
+                    stats["correct"] += int((logits.argmax(1) == y).sum())
+                    stats["seen"] += len(y)
+                    if request.signum is not None and done < steps_per_epoch:
+                        break
+            except Exception:
+                # A signal can also end the batch iterator (a DataLoader worker killed with the job
+                # step); every finished step is consistent, so save them before giving up.
+                if request.signum is None:
+                    raise
+            if done < steps_per_epoch:  # stopped mid-epoch by a signal
+                stats["seconds"] += time.time() - t0
+                stops.append({"signal": signal.Signals(request.signum).name, "epoch": epoch + 1, "batch": done,
+                              "step": step, **_job_identity()})
+                save(epoch, done, stats)
+                raise TrainingInterrupted(
+                    f"{desc}: stopped by {signal.Signals(request.signum).name} in epoch {epoch + 1} after batch "
+                    f"{done} of {steps_per_epoch}; the state is saved in {state_path}, run the same command "
+                    "again to resume", request.signum)
+            seen = stats["seen"]
+            record = {"epoch": epoch + 1, "loss": stats["loss_sum"] / seen, "train_top1": stats["correct"] / seen,
+                      "lr": schedule.lr * lr_factor(step - 1, schedule.warmup_steps, total_steps),
+                      "seconds": round(stats["seconds"] + time.time() - t0, 3)}
+            history.append(record)
+            log.info("%s epoch %d/%d: loss %.4f, train top-1 %.3f, %.1fs", desc, epoch + 1, schedule.epochs,
+                     record["loss"], record["train_top1"], record["seconds"])
+            last = epoch + 1 >= schedule.epochs
+            save(epoch + 1, 0, None)
+            if request.signum is not None and not last:  # the signal came during the epoch or the save
+                stops.append({"signal": signal.Signals(request.signum).name, "epoch": epoch + 2, "batch": 0,
+                              "step": step, **_job_identity()})
+                save(epoch + 1, 0, None)
+                raise TrainingInterrupted(
+                    f"{desc}: stopped by {signal.Signals(request.signum).name} after epoch {epoch + 1}; the "
+                    f"state is saved in {state_path}, run the same command again to resume", request.signum)
+            if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and not last:
+                raise TrainingStopped(f"stopped after epoch {epoch + 1} as asked; run again to resume")
+    if interruptions is not None:
+        interruptions[:] = stops
     final, wrapper = method.finalize(module)
     return history, final, wrapper

@@ -138,6 +138,21 @@ def finetune_options(w, input):
     return opts
 
 
+def job_resources(kind):
+    """What one job of ``kind`` asks a cluster for, from params.yaml `resources` (rib.config.
+    job_resources). profiles/slurm passes them to SLURM; its set-resources override them per rule.
+    The time limit grows with each retry (a retried fine-tuning job also resumes from its state)."""
+    res = rib_config.job_resources(PARAMS, kind)
+    out = {"mem_mb": res["mem_mb"], "runtime": lambda wildcards, attempt: res["runtime"] * attempt}
+    if res["gpus"]:
+        out["gpu"] = res["gpus"]
+        if res.get("cpus"):
+            out["cpus_per_gpu"] = res["cpus"]
+    elif res.get("cpus"):
+        out["cpus_per_task"] = res["cpus"]
+    return out
+
+
 EVAL_NAMES = "|".join(sorted(SUITE.names("source") + SUITE.names("shift")))
 CORPUS_NAMES = "|".join(sorted(SUITE.names("corpus")))
 

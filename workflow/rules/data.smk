@@ -1,4 +1,6 @@
 # Datasets: generate (synthetic suites) or fetch (real suites) -> prepare (index, verify, split).
+# generate and fetch are local rules (on a cluster: the login node, which has internet); prepare
+# runs as a cluster job.
 # Evaluation datasets live under data/<suite>/{raw,prepared}/, pretraining corpora under
 # data/<suite>/corpora/{raw,prepared}/.
 
@@ -12,6 +14,7 @@ if SUITE.synthetic:
         params:
             settings=lambda w: {"seed": PARAMS["seed"], "synthetic": PARAMS["synthetic"]},
         threads: 1
+        localrule: True  # the synthetic suite's "download": seconds, on the machine running Snakemake
         wildcard_constraints:
             dataset=EVAL_NAMES,
         conda:
@@ -24,6 +27,9 @@ if SUITE.synthetic:
             directory(PAT["corpus_raw"]),
         wildcard_constraints:
             dataset=CORPUS_NAMES,
+
+    localrules:
+        generate_corpus,  # `use rule` does not carry localrule over
 
 else:
     # Say up front what is missing, and what a person has to do for the manual datasets.
@@ -70,6 +76,8 @@ rule prepare:
         split=PARAMS["split"],
         data={k: PARAMS["data"][k] for k in ("skip_corrupt_images", "corruption_subset")},
     threads: 1
+    resources:
+        **job_resources("prepare"),
     wildcard_constraints:
         dataset=EVAL_NAMES,
     conda:

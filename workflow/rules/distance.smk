@@ -14,6 +14,8 @@ rule distance:
     params:
         settings=PARAMS["distance"],
     threads: THREADS
+    resources:
+        **job_resources("distance"),
     conda:
         CONDA_ENV
     shell:

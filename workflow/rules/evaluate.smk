@@ -14,6 +14,8 @@ rule evaluate_pretrained:
         settings=PARAMS["evaluate"],
         out_dir=lambda w, output: os.path.dirname(output[0]),
     threads: THREADS
+    resources:
+        **job_resources("evaluate"),
     conda:
         CONDA_ENV
     shell:
@@ -32,6 +34,8 @@ rule evaluate_finetuned:
         settings=PARAMS["evaluate"],
         out_dir=lambda w, output: os.path.dirname(output[0]),
     threads: THREADS
+    resources:
+        **job_resources("evaluate"),
     wildcard_constraints:
         method=train_regex(TRAIN_ENTRIES),
     conda:
@@ -57,6 +61,8 @@ rule combine:
         own=lambda w: prepared(w.dataset),
         out_dir=lambda w, output: os.path.dirname(output[0]),
     threads: THREADS
+    resources:
+        **job_resources("combine"),
     wildcard_constraints:
         method=train_regex(WEIGHT_ENTRIES),
     conda:

@@ -1,5 +1,10 @@
 # Fine-tuning one pretrained model on the fine-tuning part of one dataset with one training method.
-# Resumable: the training state (state.pt beside the checkpoint) survives a killed job. LP-FT's
+# Resumable: the training state (params.state, beside the checkpoint) is written after every epoch
+# and, on SIGTERM (SLURM preemption, requeue, time limit), after the step in progress. It is not an
+# output, so Snakemake keeps it when the job fails, and the requeued or retried job (the same
+# command) resumes from it and ends with the weights of an unbroken run. `exec` makes rib the job's
+# process, so a SIGTERM sent to the whole job step reaches rib and does not end the job's shell (and
+# with it the job) before rib has saved. LP-FT's
 # starting checkpoint (its linear probe) and the pretraining-domain images of EWC and MAS are
 # inputs, so the DAG supplies them.
 
@@ -17,12 +22,15 @@ rule finetune:
         schedule=lambda w: rib_config.method_schedule(PARAMS, w.method),
         seed=PARAMS["seed"],
         options=finetune_options,
+        state=lambda w: PAT["finetune_state"].format(**w),
     threads: THREADS
+    resources:
+        **job_resources("finetune"),
     wildcard_constraints:
         method=train_regex(TRAIN_ENTRIES),
     conda:
         CONDA_ENV
     shell:
-        "python -m rib finetune {wildcards.model} {wildcards.method} {wildcards.dataset} "
+        "exec python -m rib finetune {wildcards.model} {wildcards.method} {wildcards.dataset} "
         "--pretrained {input.pretrained} --data {input.data}{params.options} --out {output} "
-        "--threads {threads} > {log} 2>&1"
+        "--state {params.state} --threads {threads} > {log} 2>&1"

@@ -13,11 +13,15 @@ if SUITE.synthetic:
         params:
             schedule=PARAMS.get("pretrain"),
             seed=PARAMS["seed"],
+            state=PAT["pretrain_state"],  # resume state: not an output, so a failed job keeps it
         threads: THREADS
+        resources:
+            **job_resources("pretrain"),
         conda:
             CONDA_ENV
         shell:
-            "python -m rib pretrain {wildcards.model} --data {input.data} --out {output} --threads {threads} > {log} 2>&1"
+            "exec python -m rib pretrain {wildcards.model} --data {input.data} --out {output} --state {params.state} "
+            "--threads {threads} > {log} 2>&1"
 
 else:
 

@@ -108,8 +108,20 @@ def batches(data: ImageDataset | InMemoryDataset, order: Sequence[int] | torch.T
             yield data.images[idx], data.labels[idx]
         return
     loader = torch.utils.data.DataLoader(data, batch_size=batch_size, sampler=order.tolist(), num_workers=workers,
-                                         pin_memory=pin_memory, persistent_workers=False)
+                                         pin_memory=pin_memory, persistent_workers=False,
+                                         worker_init_fn=_ignore_stop_signals if workers else None)
     yield from loader
+
+
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """DataLoader workers leave SIGTERM to the main process, which saves a checkpoint and stops them.
+
+    SLURM signals every process of a job step on preemption or at the time limit; a worker that died
+    of it would end the run before the main process could save its state.
+    """
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def normalize(images: torch.Tensor, prep: Preprocessing, device: torch.device) -> torch.Tensor:
