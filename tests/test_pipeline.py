@@ -66,7 +66,7 @@ def test_snakemake_runs_the_whole_tiny_grid(snakemake_run):
     counts = job_counts(first.stdout + first.stderr)
     # 1 model x 2 datasets x every method: 10 trained entries (9 methods + Model Stock's second FT run),
     # 9 of them evaluated as table rows, 4 weight-space methods; 3 evaluation datasets and 1 corpus
-    assert counts == {"generate": 3, "generate_corpus": 1, "prepare": 3, "prepare_corpus": 1, "pretrain": 1,
+    assert counts == {"generate": 3, "generate_corpus": 1, "prepare": 3, "prepare_corpus": 1, "cache": 3, "pretrain": 1,
                       "finetune": 20, "evaluate_pretrained": 1, "evaluate_finetuned": 18, "combine": 8,
                       "distance": 2, "aggregate": 1, "figures": 1, "all": 1}
     reports = ws / "reports" / "rib-mini"
@@ -154,7 +154,7 @@ def test_one_cell_regenerates_with_only_its_dependencies(snakemake_run, tmp_path
     # from scratch, the same target needs only its own chain: no other method, dataset or evaluation
     fresh = make_workspace(tmp_path / "fresh")
     plan = snakemake(fresh, "-n", cell)
-    chain = {"generate": 3, "generate_corpus": 1, "prepare": 3, "prepare_corpus": 1, "pretrain": 1}
+    chain = {"generate": 3, "generate_corpus": 1, "prepare": 3, "prepare_corpus": 1, "cache": 3, "pretrain": 1}
     assert job_counts(plan.stdout + plan.stderr) == {**chain, "finetune": 1, "evaluate_finetuned": 1}
     # LP-FT's cell needs the linear probe first (found through the DAG); Model Stock's its two FT runs
     plan = snakemake(fresh, "-n", "results/rib-mini/mini_vit.narrow/lp_ft/c/sketch.json")

@@ -87,6 +87,17 @@ def test_state_from_other_settings_is_not_resumed(in_tiny_suite, tiny_pretrained
     assert _same(fresh, _fit(tiny_pretrained, "ft", tmp_path / "s.pt"))
 
 
+def test_linear_probing_on_features_matches_the_backbone_forward(in_tiny_suite, tiny_pretrained, tmp_path,
+                                                                 monkeypatch):
+    """LP trains its head on the frozen backbone's features, computed once; the result is the
+    head the image-by-image loop gives, to float rounding."""
+    on_features = _fit(tiny_pretrained, "lp", tmp_path / "a.pt")
+    monkeypatch.setattr("rib.methods.lp.LinearProbing.head_on_features", False)
+    forward = _fit(tiny_pretrained, "lp", tmp_path / "b.pt")
+    for key in on_features:
+        torch.testing.assert_close(on_features[key], forward[key], atol=1e-5, rtol=1e-4)
+
+
 def test_linear_probing_changes_only_the_head(in_tiny_suite, tiny_pretrained, tmp_path):
     before = network.load(tiny_pretrained).model.state_dict()
     after = _fit(tiny_pretrained, "lp", tmp_path / "lp.pt")

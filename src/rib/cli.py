@@ -188,6 +188,7 @@ def _reference_loader(data_dir, prep, show_progress: bool):
 
 def _train_and_save(args, params, *, model, spec_name, arch, arch_kwargs, label_space, prep, method, data_dir,
                     part, schedule, meta, device, seed, reference_dir=None):
+    from .data.cache import find as find_cache
     from .data.labels import LabelProjection
     from .data.loading import open_dataset
     from .data.manifest import load_prepared
@@ -196,7 +197,7 @@ def _train_and_save(args, params, *, model, spec_name, arch, arch_kwargs, label_
 
     prepared = load_prepared(data_dir)
     data = open_dataset(prepared, part, prep, preload_images=params["runtime"]["preload"],
-                        show_progress=not args.quiet)
+                        show_progress=not args.quiet, cache=find_cache(getattr(args, "cache", None), prepared, prep))
     projection = LabelProjection(prepared.classes, label_space)
     sched = Schedule.from_config(schedule)
     state = args.state or str(Path(args.out).with_name("state.pt"))
@@ -314,7 +315,9 @@ def _eval_settings(params, args, device) -> dict:
     ev = params["evaluate"]
     return dict(scoring=ev["scoring"], batch_size=ev["batch_size"], device=device,
                 precision=params["train"]["precision"], workers=params["runtime"]["loader_workers"],
-                preload=params["runtime"]["preload"], show_progress=not args.quiet)
+                preload=params["runtime"]["preload"], show_progress=not args.quiet, caches=args.cache,
+                engine={k: params["runtime"][k] for k in ("channels_last", "compile", "gpu_decode")
+                        if k in params["runtime"]})
 
 
 def _eval_datasets(params, folders):
@@ -446,15 +449,37 @@ def cmd_combine(args, params) -> int:
     return 0
 
 
+def cmd_cache(args, params) -> int:
+    """Build or check the preprocessed-image cache of one dataset in one preprocessing."""
+    from .data import cache
+    from .data.manifest import load_prepared
+
+    prepared = load_prepared(args.data)
+    prep = cache.prep_from_key(args.prep)
+    if args.cache_command == "build":
+        if prepared.name != args.dataset:
+            raise RibError(f"{args.data}: holds dataset {prepared.name!r}, not {args.dataset!r}")
+        cache.build(prepared, prep, args.out, workers=params["runtime"]["loader_workers"],
+                    show_progress=not args.quiet)
+        cache.open_cache(args.out, prepared, prep, verify=True)
+        log.info("saved %s", args.out)
+    else:
+        opened = cache.open_cache(args.out, prepared, prep, verify=True)
+        print(f"{args.out}: valid ({opened.n} images, {len(opened.shards)} shard(s), digests match)")
+    return 0
+
+
 def cmd_distance(args, params) -> int:
     """OTDD between the pretraining-domain data and one fine-tuning dataset, on the pretrained
     model's pre-logit features."""
     import numpy as np
     import torch
 
-    from .data.loading import ImageDataset, batches, normalize, preload, sample_rows
+    from .data.cache import find as find_cache
+    from .data.loading import batches, normalize, open_dataset, sample_rows
     from .data.manifest import load_prepared
     from .distance import otdd
+    from .evaluate import AUTO_BATCH
     from .io import sha256_file, write_json
     from .models import network
 
@@ -467,11 +492,14 @@ def cmd_distance(args, params) -> int:
     def features(folder, part):
         prepared = load_prepared(folder)
         rows = sample_rows(prepared, part, settings["samples"], params["seed"])
-        ds = ImageDataset(prepared.root, rows, ckpt.preprocessing, prepared.border)
-        data = preload(ds, prepared.name, not args.quiet) if params["runtime"]["preload"] else ds
+        data = open_dataset(prepared, part, ckpt.preprocessing, preload_images=params["runtime"]["preload"],
+                            show_progress=not args.quiet, rows=rows,
+                            cache=find_cache(args.cache, prepared, ckpt.preprocessing))
         out = []
         with torch.inference_mode():
-            for images, _ in batches(data, torch.arange(len(ds)), params["evaluate"]["batch_size"]):
+            size = params["evaluate"]["batch_size"]
+            size = AUTO_BATCH.get(device.type, 64) if size == "auto" else size
+            for images, _ in batches(data, torch.arange(len(data)), size):
                 out.append(network.pre_logits(model, normalize(images, ckpt.preprocessing, device)).float().cpu())
         return prepared, torch.cat(out).numpy(), np.array([r.label for r in rows])
 
@@ -521,6 +549,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     torch_opts = argparse.ArgumentParser(add_help=False)
     torch_opts.add_argument("--threads", type=int, default=None, help="CPU threads (default: runtime.threads)")
+    cache_opts = argparse.ArgumentParser(add_help=False)
+    cache_opts.add_argument("--cache", nargs="*", default=None, metavar="FOLDER",
+                            help="preprocessed-image caches (cache/<suite>/<preprocessing>/<dataset>) to read "
+                                 "instead of decoding; a dataset without one here is decoded")
     train_opts = argparse.ArgumentParser(add_help=False)
     train_opts.add_argument("--data", required=True, help="prepared dataset folder to train on")
     train_opts.add_argument("--out", required=True, help="checkpoint to write")
@@ -571,7 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model")
     s.set_defaults(func=cmd_pretrain)
 
-    s = sub.add_parser("finetune", parents=[common, torch_opts, train_opts],
+    s = sub.add_parser("finetune", parents=[common, torch_opts, train_opts, cache_opts],
                        help="fine-tune a pretrained model on one dataset with one method")
     s.add_argument("model")
     s.add_argument("method")
@@ -582,14 +614,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prepared pretraining-domain dataset (importance weights of EWC and MAS)")
     s.set_defaults(func=cmd_finetune)
 
-    s = sub.add_parser("evaluate", parents=[common, torch_opts], help="evaluate a checkpoint: one JSON per dataset")
+    s = sub.add_parser("evaluate", parents=[common, torch_opts, cache_opts], help="evaluate a checkpoint: one JSON per dataset")
     s.add_argument("checkpoint")
     s.add_argument("datasets", nargs="*",
                    help="prepared dataset folders (default: the source set and every dataset of grid.datasets)")
     s.add_argument("--out-dir", required=True)
     s.set_defaults(func=cmd_evaluate)
 
-    s = sub.add_parser("combine", parents=[common, torch_opts],
+    s = sub.add_parser("combine", parents=[common, torch_opts, cache_opts],
                        help="a weight-space method (WiSE-FT, soups, Model Stock): combine checkpoints and evaluate")
     s.add_argument("model")
     s.add_argument("method")
@@ -602,7 +634,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out-dir", required=True)
     s.set_defaults(func=cmd_combine)
 
-    s = sub.add_parser("distance", parents=[common, torch_opts],
+    cache = sub.add_parser("cache", help="preprocessed-image caches").add_subparsers(dest="cache_command",
+                                                                                   required=True)
+    for name, text in (("build", "decode, resize and crop a dataset once into uint8 shards"),
+                       ("verify", "check a cache's structure and every shard's digest")):
+        s = cache.add_parser(name, parents=[common], help=text)
+        s.add_argument("dataset")
+        s.add_argument("--data", required=True, help="prepared dataset folder")
+        s.add_argument("--prep", required=True, help="preprocessing key, e.g. 224px-bicubic-crop0.875")
+        s.add_argument("--out", required=True, help="cache folder (cache/<suite>/<prep>/<dataset>)")
+        s.set_defaults(func=cmd_cache)
+
+    s = sub.add_parser("distance", parents=[common, torch_opts, cache_opts],
                        help="OTDD between the pretraining-domain data and a fine-tuning dataset")
     s.add_argument("model")
     s.add_argument("dataset", help="the fine-tuning dataset")

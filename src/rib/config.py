@@ -274,7 +274,7 @@ def method_schedule(params: dict, entry: str) -> dict:
     return entry_config(params, entry)
 
 
-JOB_KINDS = ("generate", "prepare", "pretrain", "finetune", "evaluate", "combine", "distance")
+JOB_KINDS = ("generate", "prepare", "cache", "pretrain", "finetune", "evaluate", "combine", "distance")
 DEFAULT_RESOURCES = {"gpus": 0, "mem_mb": 4000, "runtime": 60}
 
 

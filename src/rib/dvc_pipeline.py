@@ -115,6 +115,33 @@ def render(params: dict, params_file: str, out: str | os.PathLike) -> str:
             "params": keys("split", "data.skip_corrupt_images", "data.corruption_subset"),
             "outs": ["${item.prepared}"]})
 
+    # Image caches: one per (preprocessing, evaluation dataset), shared by every model with it.
+    cached = params["runtime"].get("cache", True)
+    prep_of = {m: grid.prep_key(params, m) for m in models} if cached else {}
+    P = "${item.prep}"
+
+    def cache_dir(prep: str, d: str) -> str:
+        return grid.PATTERNS["cache"].format(suite=suite, prep=prep, dataset=d)
+
+    if cached:
+        stages["cache"] = foreach(
+            {f"{k}-{d}": {"prep": k, "dataset": d, "data": prepared(d)} for k, d in grid.cache_jobs(params)},
+            {"cmd": cmd(rib, "cache build ${item.dataset} --data ${item.data} --prep ${item.prep}",
+                        f"--out {cache_dir(P, '${item.dataset}')}"),
+             "deps": ["src/rib/data/cache.py", "src/rib/data/loading.py", "${item.data}"],
+             # regenerable from the prepared data, and large: not copied into DVC's cache
+             "outs": [{cache_dir(P, "${item.dataset}"): {"cache": False}}]})
+
+    def caches(*datasets: str) -> list[str]:
+        """Cache folders of an item's model (its ${item.prep}) for these datasets."""
+        return [cache_dir(P, d) for d in datasets] if cached else []
+
+    def cache_opt(*datasets: str) -> str:
+        return f" --cache {' '.join(caches(*datasets))}" if cached else ""
+
+    def with_prep(item: dict, model: str) -> dict:
+        return {**item, "prep": prep_of[model]} if cached else item
+
     pretrained = {m: grid.path("pretrained", suite=suite, model=m) for m in models}
     if synthetic:
         items = {m: {"pretrained": pretrained[m], "corpus": prepared(get_model(m, params).pretrain_corpus),
@@ -144,7 +171,7 @@ def render(params: dict, params_file: str, out: str | os.PathLike) -> str:
         start = init_entry(params, entry)
         items = {}
         for m, d in pairs:
-            item = {"model": m, "dataset": d}
+            item = with_prep({"model": m, "dataset": d}, m)
             ref = grid.reference_dataset(params, m, entry)
             if ref:
                 item["reference"] = prepared(ref)
@@ -152,21 +179,21 @@ def render(params: dict, params_file: str, out: str | os.PathLike) -> str:
         t_init = ckpt(M, start, D) if start else None
         options = (f" --init {t_init}" if start else "") + (
             " --reference ${item.reference}" if entry_info(params, entry).needs_reference else "")
-        deps = [*TRAIN_CODE, t_pretrained, t_raw, t_data]
+        deps = [*TRAIN_CODE, t_pretrained, t_raw, t_data, *caches(D)]
         deps += [t_init] if start else []
         deps += ["${item.reference}"] if entry_info(params, entry).needs_reference else []
         stages[f"finetune-{entry}"] = foreach(items, {
             "cmd": cmd(rib, f"finetune {M} {entry} {D} --pretrained {t_pretrained}",
-                       f"--data {t_data}{options} --out {ckpt(M, entry, D)}"),
+                       f"--data {t_data}{options}{cache_opt(D)} --out {ckpt(M, entry, D)}"),
             "deps": deps, "params": keys("seed", "train", f"methods.{entry}"), "outs": [ckpt(M, entry, D)]})
 
     eval_deps = [*EVAL_CODE, *(raw(d) for d in evals), *(prepared(d) for d in evals)]
     eval_params = keys("grid.source", "grid.datasets", "evaluate.scoring")
     stages["evaluate-pretrained"] = foreach(
-        {m: {"checkpoint": pretrained[m], "out": os.path.dirname(grid.path("pretrained_cell", suite=suite, model=m,
-                                                                            eval="x"))} for m in models},
-        {"cmd": cmd(rib, "evaluate ${item.checkpoint} --out-dir ${item.out}"),
-         "deps": ["${item.checkpoint}", *eval_deps], "params": eval_params, "outs": ["${item.out}"]})
+        {m: with_prep({"checkpoint": pretrained[m], "out": os.path.dirname(
+            grid.path("pretrained_cell", suite=suite, model=m, eval="x"))}, m) for m in models},
+        {"cmd": cmd(rib, f"evaluate ${{item.checkpoint}}{cache_opt(*evals)} --out-dir ${{item.out}}"),
+         "deps": ["${item.checkpoint}", *eval_deps, *caches(*evals)], "params": eval_params, "outs": ["${item.out}"]})
 
     def cell_dir(m: str, entry: str, d: str) -> str:
         return os.path.dirname(grid.PATTERNS["finetuned_cell"].format(suite=suite, model=m, method=entry, dataset=d,
@@ -176,27 +203,32 @@ def render(params: dict, params_file: str, out: str | os.PathLike) -> str:
     if trained:
         E = "${item.method}"
         stages["evaluate-finetuned"] = foreach(
-            {f"{m}-{e}-{d}": {"model": m, "method": e, "dataset": d}
+            {f"{m}-{e}-{d}": with_prep({"model": m, "method": e, "dataset": d}, m)
              for m in models for e in trained for d in params["grid"]["datasets"]},
-            {"cmd": cmd(rib, f"evaluate {ckpt(M, E, D)} --out-dir {cell_dir(M, E, D)}"),
-             "deps": [ckpt(M, E, D), *eval_deps], "params": eval_params, "outs": [cell_dir(M, E, D)]})
+            {"cmd": cmd(rib, f"evaluate {ckpt(M, E, D)}{cache_opt(*evals)} --out-dir {cell_dir(M, E, D)}"),
+             "deps": [ckpt(M, E, D), *eval_deps, *caches(*evals)], "params": eval_params,
+             "outs": [cell_dir(M, E, D)]})
 
     for entry in grid.weight_entries(params):
         names = ingredients(params, entry)
-        items = {f"{m}-{d}": {"model": m, "dataset": d} for m, d in pairs}
+        items = {f"{m}-{d}": with_prep({"model": m, "dataset": d}, m) for m, d in pairs}
         parts = [ckpt(M, n, D) for n in names]
         stages[f"combine-{entry}"] = foreach(items, {
             "cmd": cmd(rib, f"combine {M} {entry} {D} --pretrained {t_pretrained}",
-                       f"--ingredients {' '.join(parts)} --data {t_data} --out-dir {cell_dir(M, entry, D)}"),
-            "deps": ["src/rib/methods/weights.py", t_pretrained, *parts, *eval_deps],
+                       f"--ingredients {' '.join(parts)} --data {t_data}{cache_opt(*evals)}",
+                       f"--out-dir {cell_dir(M, entry, D)}"),
+            "deps": ["src/rib/methods/weights.py", t_pretrained, *parts, *eval_deps, *caches(*evals)],
             "params": keys(f"methods.{entry}", *(f"methods.{n}" for n in names), "evaluate.scoring"),
             "outs": [cell_dir(M, entry, D)]})
 
     ref = grid.distance_reference(params)
-    stages["distance"] = foreach({f"{m}-{d}": {"model": m, "dataset": d} for m, d in pairs}, {
+    ref_cached = [ref] if ref in evals else []
+    stages["distance"] = foreach({f"{m}-{d}": with_prep({"model": m, "dataset": d}, m) for m, d in pairs}, {
         "cmd": cmd(rib, f"distance {M} {D} --pretrained {t_pretrained} --reference-data {prepared(ref)}",
-                   f"--data {t_data} --out {grid.PATTERNS['distance'].format(suite=suite, model=M, dataset=D)}"),
-        "deps": ["src/rib/distance.py", t_pretrained, raw(ref), prepared(ref), t_raw, t_data],
+                   f"--data {t_data}{cache_opt(*ref_cached, D)}",
+                   f"--out {grid.PATTERNS['distance'].format(suite=suite, model=M, dataset=D)}"),
+        "deps": ["src/rib/distance.py", t_pretrained, raw(ref), prepared(ref), t_raw, t_data,
+                 *caches(*ref_cached, D)],
         "params": keys("seed", "distance"),
         "outs": [grid.PATTERNS["distance"].format(suite=suite, model=M, dataset=D)]})
 

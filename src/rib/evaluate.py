@@ -17,7 +17,9 @@ from collections import defaultdict
 import torch
 from torch import nn
 
+from .data.cache import find as find_cache
 from .data.labels import LabelProjection
+from .errors import RibError
 from .data.loading import batches, normalize, open_dataset
 from .data.manifest import PreparedDataset, Row
 from .metrics import corruption_accuracy
@@ -28,32 +30,76 @@ from .train import autocast
 log = logging.getLogger("rib.evaluate")
 
 
+AUTO_BATCH = {"cuda": 512, "cpu": 64}  # evaluate.batch_size: auto starts here (CPU: fastest measured)
+
+
+def _engine_model(model: nn.Module, device: torch.device, engine: dict) -> tuple[nn.Module, bool]:
+    """The module to run and whether inputs go channels-last: channels_last (auto: CUDA and a
+    convolutional model) and torch.compile (CUDA only) from the runtime settings."""
+    model.eval().to(device)
+    has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    cl = engine.get("channels_last", "auto")
+    channels_last = cl is True or (cl == "auto" and device.type == "cuda" and has_conv)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    if engine.get("compile") and device.type == "cuda":
+        compiled = getattr(model, "_rib_compiled", None)
+        if compiled is None:  # once per model object (weight-space methods reload weights into it)
+            compiled = torch.compile(model)
+            object.__setattr__(model, "_rib_compiled", compiled)
+        return compiled, channels_last
+    return model, channels_last
+
+
 @torch.inference_mode()
 def predict(model: nn.Module, prepared: PreparedDataset, label_space: list[str], prep: Preprocessing, *,
-            scoring: str, batch_size: int, device: torch.device, precision: str = "auto", workers: int = 0,
+            scoring: str, batch_size: int | str, device: torch.device, precision: str = "auto", workers: int = 0,
             preload: bool = True, show_progress: bool = True, loaded: dict | None = None,
-            part: str | None = None) -> torch.Tensor:
+            part: str | None = None, caches: list | None = None, engine: dict | None = None) -> torch.Tensor:
     """Per-row correctness (bool tensor in manifest order) of ``model`` on the images of a dataset
     (``part``: only that part). ``loaded`` keeps decoded datasets for the next call (several models
-    evaluated on the same data)."""
+    evaluated on the same data); ``caches``: preprocessed-image cache folders to read from;
+    ``engine``: channels_last / compile settings (runtime section).
+
+    ``batch_size`` "auto" starts at AUTO_BATCH and halves on running out of GPU memory; a fixed
+    batch size that does not fit is a RibError naming the setting."""
     key = (prepared.name, part, prep)
     data = loaded.get(key) if loaded is not None else None
     if data is None:
-        data = open_dataset(prepared, part, prep, preload_images=preload, show_progress=show_progress)
+        decode = device if (engine or {}).get("gpu_decode") else None
+        data = open_dataset(prepared, part, prep, preload_images=preload, show_progress=show_progress,
+                            cache=find_cache(caches, prepared, prep), decode_device=decode)
         if loaded is not None:
             loaded[key] = data
     projection = LabelProjection(prepared.classes, label_space).to(device)
-    model.eval().to(device)
-    out = []
-    order = torch.arange(len(data))
-    total = (len(data) + batch_size - 1) // batch_size
-    for images, labels in progress(batches(data, order, batch_size, workers, pin_memory=device.type == "cuda"),
-                                   desc=f"evaluate {prepared.name}", unit="batch", total=total,
-                                   enabled=show_progress, leave=False):
-        with autocast(device, precision):
-            logits = model(normalize(images, prep, device))
-        out.append(projection.correct(logits.float(), labels.to(device), scoring).cpu())
-    return torch.cat(out)
+    run, channels_last = _engine_model(model, device, engine or {})
+    auto = batch_size == "auto"
+    size = AUTO_BATCH.get(device.type, 64) if auto else int(batch_size)
+    if loaded is not None and auto:
+        size = loaded.get(("auto_batch", device.type), size)
+    while True:
+        try:
+            out = []
+            order = torch.arange(len(data))
+            for images, labels in progress(batches(data, order, size, workers, pin_memory=device.type == "cuda"),
+                                           desc=f"evaluate {prepared.name}", unit="batch",
+                                           total=(len(data) + size - 1) // size, enabled=show_progress, leave=False):
+                x = normalize(images, prep, device)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with autocast(device, precision):
+                    logits = run(x)
+                out.append(projection.correct(logits.float(), labels.to(device), scoring).cpu())
+            if loaded is not None and auto:
+                loaded[("auto_batch", device.type)] = size
+            return torch.cat(out)
+        except torch.cuda.OutOfMemoryError:
+            if not auto or size == 1:
+                raise RibError(f"evaluating on {prepared.name} ran out of GPU memory at batch size {size}: lower "
+                               "evaluate.batch_size in the params file, or set it to auto") from None
+            size //= 2
+            torch.cuda.empty_cache()
+            log.warning("out of GPU memory; evaluation batch size lowered to %d", size)
 
 
 def _stats(correct: int, n: int) -> dict:
@@ -96,13 +142,14 @@ def cell_record(prepared: PreparedDataset, correct: torch.Tensor, finetuned_on: 
 def evaluate_checkpoint(model: nn.Module, label_space: list[str], prep: Preprocessing,
                         datasets: list[PreparedDataset], *, finetuned_on: str | None, scoring: str,
                         batch_size: int, device: torch.device, precision: str, workers: int, preload: bool,
-                        show_progress: bool = True, loaded: dict | None = None) -> list[dict]:
+                        show_progress: bool = True, loaded: dict | None = None, caches: list | None = None,
+                        engine: dict | None = None) -> list[dict]:
     records = []
     for prepared in datasets:
         t0 = time.time()
         correct = predict(model, prepared, label_space, prep, scoring=scoring, batch_size=batch_size,
                           device=device, precision=precision, workers=workers, preload=preload,
-                          show_progress=show_progress, loaded=loaded)
+                          show_progress=show_progress, loaded=loaded, caches=caches, engine=engine)
         rec = cell_record(prepared, correct, finetuned_on)
         rec["seconds"] = round(time.time() - t0, 3)
         log.info("%s: top-1 %.4f on %s (%d images, %.1fs)", prepared.name, rec["top1"], rec["subset"], rec["n"],

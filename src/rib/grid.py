@@ -27,6 +27,7 @@ PATTERNS = {
     "pretrained_cell": "results/{suite}/{model}/pretrained/{eval}.json",
     "finetuned_cell": "results/{suite}/{model}/{method}/{dataset}/{eval}.json",
     "distance": "distances/{suite}/{model}/{dataset}.json",
+    "cache": "cache/{suite}/{prep}/{dataset}",
     "cells": "reports/{suite}/cells.csv",
     "metrics": "reports/{suite}/metrics.csv",
     "summary": "reports/{suite}/summary.csv",
@@ -185,3 +186,28 @@ def datasets_to_prepare(params: dict) -> list[str]:
             if ref and ref not in names:
                 names.append(ref)
     return names
+
+
+def prep_key(params: dict, model: str) -> str:
+    """The preprocessing key of a model's image caches (rib.data.cache.prep_key)."""
+    from .data.cache import prep_key as key
+    from .models.registry import get_model, preprocessing_of
+
+    return key(preprocessing_of(get_model(model, params)))
+
+
+def cache_dirs(params: dict, model: str, datasets: list[str]) -> list[str]:
+    """The image caches a job of ``model`` reads for ``datasets``: those of the evaluation datasets
+    (corpora are read once, by pretraining, and not cached); none when runtime.cache is off."""
+    if not params["runtime"].get("cache", True):
+        return []
+    evals = set(eval_datasets(params))
+    key = prep_key(params, model)
+    return [PATTERNS["cache"].format(suite=params["suite"], prep=key, dataset=d) for d in datasets if d in evals]
+
+
+def cache_jobs(params: dict) -> list[tuple[str, str]]:
+    """Every (preprocessing key, dataset) cache the grid reads: each is built once, for all models."""
+    if not params["runtime"].get("cache", True):
+        return []
+    return sorted({(prep_key(params, m), d) for m in params["grid"]["models"] for d in eval_datasets(params)})

@@ -35,6 +35,7 @@ from .data.loading import ImageDataset, InMemoryDataset, batches, normalize
 from .errors import TrainingInterrupted, TrainingStopped
 from .io import atomic_path
 from .methods.base import Method, TrainContext
+from .models import network
 from .models.registry import Preprocessing
 from .progress import progress
 
@@ -169,6 +170,20 @@ def _job_identity() -> dict:
     return ident
 
 
+@torch.inference_mode()
+def _features(module: nn.Module, data, prep: Preprocessing, device: torch.device, precision: str, desc: str,
+              show_progress: bool) -> torch.Tensor:
+    """Pre-logit features of every training image (in data order), in eval mode, on ``device``."""
+    module.eval()
+    out = []
+    order = torch.arange(len(data))
+    for images, _ in progress(batches(data, order, 256), desc=f"{desc} features", unit="batch",
+                              total=math.ceil(len(data) / 256), enabled=show_progress, leave=False):
+        with autocast(device, precision):
+            out.append(network.pre_logits(module, normalize(images, prep, device)).float())
+    return torch.cat(out)
+
+
 def fit(model: nn.Module, method: Method, data: ImageDataset | InMemoryDataset, projection: LabelProjection,
         prep: Preprocessing, schedule: Schedule, *, seed: int, device: torch.device, state_path: str | os.PathLike,
         run_fingerprint: str, workers: int = 0, desc: str = "train", show_progress: bool = True,
@@ -202,7 +217,9 @@ def fit(model: nn.Module, method: Method, data: ImageDataset | InMemoryDataset, 
     used = n - 1 if n % schedule.batch_size == 1 else n
     steps_per_epoch = math.ceil(used / schedule.batch_size)
     total_steps = steps_per_epoch * schedule.epochs
-    run_fp = fingerprint(run=run_fingerprint, schedule=asdict(schedule), method=method.config, n=n)
+    on_features = method.head_on_features and hasattr(module, "forward_features")
+    run_fp = fingerprint(run=run_fingerprint, schedule=asdict(schedule), method=method.config, n=n,
+                         features=on_features)
 
     start_epoch, start_batch, step, history, partial, stops = 0, 0, 0, [], None, []
     state = _load_state(state_path, run_fp)
@@ -228,6 +245,19 @@ def fit(model: nn.Module, method: Method, data: ImageDataset | InMemoryDataset, 
                         "model": module.state_dict(), "optimizer": optimizer.state_dict(),
                         "method": method.state_dict()}, tmp)
 
+    if on_features:  # LP: the frozen backbone's features once, then the head alone trains on them
+        features = _features(module, data, prep, device, schedule.precision, desc, show_progress)
+        classifier = network.head(module)
+        labels_all = data.labels
+
+    def epoch_batches(order):
+        if not on_features:
+            yield from batches(data, order, schedule.batch_size, workers, pin_memory=device.type == "cuda")
+            return
+        for start in range(0, len(order), schedule.batch_size):
+            idx = order[start:start + schedule.batch_size]
+            yield features[idx], labels_all[idx]
+
     request = StopRequest()
     with request.installed():
         for epoch in range(start_epoch, schedule.epochs):
@@ -238,18 +268,17 @@ def fit(model: nn.Module, method: Method, data: ImageDataset | InMemoryDataset, 
             stats = dict(partial) if (partial and epoch == start_epoch and first) else \
                 {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
             done = first
-            bar = progress(batches(data, order, schedule.batch_size, workers, pin_memory=device.type == "cuda"),
-                           desc=f"{desc} epoch {epoch + 1}/{schedule.epochs}", unit="batch",
+            bar = progress(epoch_batches(order), desc=f"{desc} epoch {epoch + 1}/{schedule.epochs}", unit="batch",
                            total=steps_per_epoch - first, enabled=show_progress, leave=False)
             try:
                 for images, labels in bar:
                     factor = lr_factor(step, schedule.warmup_steps, total_steps)
                     for group in optimizer.param_groups:
                         group["lr"] = schedule.lr * factor
-                    x = normalize(images, prep, device)
+                    x = images.to(device) if on_features else normalize(images, prep, device)
                     y = labels.to(device)
                     with autocast(device, schedule.precision):
-                        logits = projection.restrict(module(x)).float()
+                        logits = projection.restrict(classifier(x) if on_features else module(x)).float()
                         loss = method.loss(module, x, logits, y, ctx)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()

@@ -103,6 +103,11 @@ def prepared(dataset):
     return rib_grid.data_dir(PARAMS, dataset)
 
 
+def caches(model, datasets):
+    """The image caches (cache/<suite>/<preprocessing>/<dataset>) a job of ``model`` reads."""
+    return rib_grid.cache_dirs(PARAMS, model, datasets)
+
+
 def corpus_of(wildcards):
     corpus = get_model(wildcards.model, PARAMS).pretrain_corpus
     if corpus is None:
@@ -153,6 +158,7 @@ def job_resources(kind):
     return out
 
 
+PREP_KEYS = "|".join(sorted({re.escape(k) for k, _ in rib_grid.cache_jobs(PARAMS)})) or "^$"
 EVAL_NAMES = "|".join(sorted(SUITE.names("source") + SUITE.names("shift")))
 CORPUS_NAMES = "|".join(sorted(SUITE.names("corpus")))
 

@@ -95,3 +95,26 @@ if CORPUS_NAMES:
             directory(PAT["corpus_prepared"]),
         wildcard_constraints:
             dataset=CORPUS_NAMES,
+
+
+# Each evaluation dataset decoded, resized and cropped once per preprocessing (the models' input
+# size, interpolation and crop) into uint8 shards; every job of a model with that preprocessing
+# reads them instead of decoding the images again (rib.data.cache). runtime.cache: false turns it off.
+rule cache:
+    input:
+        lambda w: prepared(w.dataset),
+    output:
+        directory(PAT["cache"]),
+    log:
+        f"{LOGS}/cache/{{prep}}/{{dataset}}.log",
+    threads: max(1, PARAMS["runtime"]["loader_workers"])
+    resources:
+        **job_resources("cache"),
+    wildcard_constraints:
+        prep=PREP_KEYS,
+        dataset=EVAL_NAMES,
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m rib cache build {wildcards.dataset} --data {input} --prep {wildcards.prep} --out {output} "
+        "> {log} 2>&1"

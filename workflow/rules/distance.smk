@@ -7,6 +7,7 @@ rule distance:
         pretrained=PAT["pretrained"],
         reference=prepared(rib_grid.distance_reference(PARAMS)),
         data=lambda w: prepared(w.dataset),
+        cache=lambda w: caches(w.model, [rib_grid.distance_reference(PARAMS), w.dataset]),
     output:
         PAT["distance"],
     log:
@@ -20,4 +21,5 @@ rule distance:
         CONDA_ENV
     shell:
         "python -m rib distance {wildcards.model} {wildcards.dataset} --pretrained {input.pretrained} "
-        "--reference-data {input.reference} --data {input.data} --out {output} --threads {threads} > {log} 2>&1"
+        "--reference-data {input.reference} --data {input.data} --cache {input.cache} --out {output} "
+        "--threads {threads} > {log} 2>&1"

@@ -6,6 +6,7 @@ rule evaluate_pretrained:
     input:
         checkpoint=PAT["pretrained"],
         data=[prepared(d) for d in EVALS],
+        cache=lambda w: caches(w.model, EVALS),
     output:
         expand(PAT["pretrained_cell"], eval=EVALS, allow_missing=True),
     log:
@@ -19,13 +20,15 @@ rule evaluate_pretrained:
     conda:
         CONDA_ENV
     shell:
-        "python -m rib evaluate {input.checkpoint} {input.data} --out-dir {params.out_dir} --threads {threads} > {log} 2>&1"
+        "python -m rib evaluate {input.checkpoint} {input.data} --cache {input.cache} --out-dir {params.out_dir} "
+        "--threads {threads} > {log} 2>&1"
 
 
 rule evaluate_finetuned:
     input:
         checkpoint=PAT["finetuned"],
         data=[prepared(d) for d in EVALS],
+        cache=lambda w: caches(w.model, EVALS),
     output:
         expand(PAT["finetuned_cell"], eval=EVALS, allow_missing=True),
     log:
@@ -41,7 +44,8 @@ rule evaluate_finetuned:
     conda:
         CONDA_ENV
     shell:
-        "python -m rib evaluate {input.checkpoint} {input.data} --out-dir {params.out_dir} --threads {threads} > {log} 2>&1"
+        "python -m rib evaluate {input.checkpoint} {input.data} --cache {input.cache} --out-dir {params.out_dir} "
+        "--threads {threads} > {log} 2>&1"
 
 
 # Weight-space methods (WiSE-FT, soups, Model Stock): combine finished checkpoints of the same
@@ -51,6 +55,7 @@ rule combine:
         pretrained=PAT["pretrained"],
         ingredients=lambda w: [finetuned(w.model, m, w.dataset) for m in rib_methods.ingredients(PARAMS, w.method)],
         data=[prepared(d) for d in EVALS],
+        cache=lambda w: caches(w.model, EVALS),
     output:
         expand(PAT["finetuned_cell"], eval=EVALS, allow_missing=True),
     log:
@@ -70,4 +75,4 @@ rule combine:
     shell:
         "python -m rib combine {wildcards.model} {wildcards.method} {wildcards.dataset} "
         "--pretrained {input.pretrained} --ingredients {input.ingredients} --data {params.own} "
-        "--out-dir {params.out_dir} --threads {threads} > {log} 2>&1"
+        "--cache {input.cache} --out-dir {params.out_dir} --threads {threads} > {log} 2>&1"

@@ -14,6 +14,7 @@ rule finetune:
         unpack(finetune_extra_inputs),
         pretrained=PAT["pretrained"],
         data=lambda w: prepared(w.dataset),
+        cache=lambda w: caches(w.model, [w.dataset]),
     output:
         PAT["finetuned"],
     log:
@@ -33,4 +34,4 @@ rule finetune:
     shell:
         "exec python -m rib finetune {wildcards.model} {wildcards.method} {wildcards.dataset} "
         "--pretrained {input.pretrained} --data {input.data}{params.options} --out {output} "
-        "--state {params.state} --threads {threads} > {log} 2>&1"
+        "--cache {input.cache} --state {params.state} --threads {threads} > {log} 2>&1"

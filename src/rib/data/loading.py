@@ -18,6 +18,7 @@ from PIL import Image
 
 from ..models.registry import Preprocessing
 from ..progress import progress
+from .cache import ImageCache
 from .manifest import DataError, PreparedDataset, Row
 
 # PIL's filters, as timm's eval transform uses them on PIL images (antialiased when downscaling).
@@ -90,18 +91,164 @@ def sample_rows(prepared: PreparedDataset, part: str | None, samples: int, seed:
 
 
 def open_dataset(prepared: PreparedDataset, part: str | None, prep: Preprocessing, *, preload_images: bool,
-                 show_progress: bool = True) -> ImageDataset | InMemoryDataset:
-    rows = prepared.select(part)
+                 show_progress: bool = True, cache: ImageCache | None = None, rows: list[Row] | None = None,
+                 decode_device: torch.device | None = None
+                 ) -> ImageDataset | InMemoryDataset | CachedDataset | EncodedDataset:
+    """The rows of ``part`` (None: all; or exactly ``rows``) in ``prep``: from ``cache`` when given,
+    else decoded (on ``decode_device`` when given, see EncodedDataset; else once into memory with
+    ``preload_images``, else on access)."""
+    rows = prepared.select(part) if rows is None else rows
     if not rows:
         raise DataError(f"dataset {prepared.name!r} has no images in part {part!r}")
+    if cache is None and decode_device is not None:
+        ds = EncodedDataset(prepared.root, rows, prep, prepared.border)
+        ds.device = decode_device
+        return ds
+    if cache is not None:
+        number = {r.path: i for i, r in enumerate(prepared.rows)}
+        positions = np.array([number[r.path] for r in rows], dtype=np.int64)
+        return CachedDataset(cache, positions, torch.tensor([r.label for r in rows], dtype=torch.long))
     ds = ImageDataset(prepared.root, rows, prep, prepared.border)
     return preload(ds, prepared.name, show_progress) if preload_images else ds
 
 
-def batches(data: ImageDataset | InMemoryDataset, order: Sequence[int] | torch.Tensor, batch_size: int,
-            workers: int = 0, pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+class EncodedDataset(torch.utils.data.Dataset):
+    """Rows of a prepared dataset as their encoded bytes, for decoding on the compute device
+    (``runtime.gpu_decode``, where no cache exists): JPEGs with torchvision.io.decode_jpeg on the
+    device, anything else with PIL. The resize runs in torch (antialiased), so pixels can differ
+    from PIL's by a grey level here and there: numbers are close to, not identical with, the
+    default path's."""
+
+    def __init__(self, root: Path, rows: Sequence[Row], prep: Preprocessing, border: int = 0):
+        self.root, self.rows, self.prep, self.border = Path(root), list(rows), prep, border
+        self.labels = torch.tensor([r.label for r in self.rows], dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        return (self.root / self.rows[i].path).read_bytes(), self.labels[i]
+
+
+def _collate_encoded(items):
+    return [b for b, _ in items], torch.stack([y for _, y in items])
+
+
+def decode_on_device(blobs: list[bytes], prep: Preprocessing, device: torch.device, border: int = 0,
+                     paths: list | None = None) -> torch.Tensor:
+    """uint8 (N, 3, S, S): decode (JPEG on ``device``), crop the border, resize the shorter side to
+    size / crop_pct (antialiased), centre-crop; the steps of :func:`load_image`."""
+    import torch.nn.functional as F
+    import torchvision
+    from torchvision.io import ImageReadMode
+
+    jpeg = [i for i, b in enumerate(blobs) if b[:2] == b"\xff\xd8"]
+    images: list[torch.Tensor | None] = [None] * len(blobs)
+    if jpeg:
+        data = [torch.frombuffer(bytearray(blobs[i]), dtype=torch.uint8) for i in jpeg]
+        for i, img in zip(jpeg, torchvision.io.decode_jpeg(data, mode=ImageReadMode.RGB, device=device)):
+            images[i] = img
+    for i, img in enumerate(images):
+        if img is None:  # PNG and the rest: PIL, as load_image does
+            try:
+                with Image.open(__import__("io").BytesIO(blobs[i])) as im:
+                    arr = np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+            except Exception as err:
+                where = paths[i] if paths else f"image {i}"
+                raise DataError(f"{where}: not a readable image ({type(err).__name__}: {err})") from None
+            images[i] = torch.from_numpy(arr).permute(2, 0, 1).to(device)
+    size = prep.input_size
+    resize_to = int(math.floor(size / prep.crop_pct))
+    out = torch.empty((len(blobs), 3, size, size), dtype=torch.uint8, device=device)
+    for k, img in enumerate(images):
+        if border:
+            img = img[:, border:img.shape[1] - border, border:img.shape[2] - border]
+        h, w = img.shape[1:]
+        if min(w, h) != resize_to:
+            scale = resize_to / min(w, h)
+            h, w = max(resize_to, round(h * scale)), max(resize_to, round(w * scale))
+            mode = "bilinear" if prep.interpolation == "bilinear" else ("nearest" if prep.interpolation == "nearest"
+                                                                       else "bicubic")
+            img = F.interpolate(img[None].float(), size=(h, w), mode=mode, antialias=mode != "nearest",
+                                align_corners=False if mode != "nearest" else None)[0]
+            img = img.round_().clamp_(0, 255).to(torch.uint8)
+        top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+        out[k] = img[:, top:top + size, left:left + size]
+    return out
+
+
+@dataclass
+class CachedDataset:
+    """Rows of a dataset read from its preprocessed cache (:mod:`rib.data.cache`)."""
+
+    cache: ImageCache
+    positions: np.ndarray  # the rows' numbers in the manifest (= in the cache)
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def _prefetched(items: Iterator, depth: int = 2) -> Iterator:
+    """Produce ``items`` in a background thread, ``depth`` ahead: reading the next batch from the
+    cache overlaps with computing on this one (torch releases the GIL while it computes)."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                q.put(item)
+            q.put(done)
+        except BaseException as err:  # handed to the consumer
+            q.put(err)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # let the producer see the stop flag
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)
+
+
+def batches(data: ImageDataset | InMemoryDataset | CachedDataset, order: Sequence[int] | torch.Tensor,
+            batch_size: int, workers: int = 0, pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (uint8 images, labels) batches in the given order."""
     order = torch.as_tensor(order, dtype=torch.long)
+    if isinstance(data, CachedDataset):
+        positions = data.positions[order.numpy()]
+
+        def read():
+            for start in range(0, len(order), batch_size):
+                images = data.cache.read(positions[start:start + batch_size])
+                yield (images.pin_memory() if pin_memory else images), data.labels[order[start:start + batch_size]]
+        yield from _prefetched(read())
+        return
+    if isinstance(data, EncodedDataset):
+        loader = torch.utils.data.DataLoader(data, batch_size=batch_size, sampler=order.tolist(), num_workers=workers,
+                                             collate_fn=_collate_encoded, prefetch_factor=4 if workers else None,
+                                             worker_init_fn=_ignore_stop_signals if workers else None)
+        for start, (blobs, labels) in zip(range(0, len(order), batch_size), loader):
+            paths = [data.root / data.rows[int(i)].path for i in order[start:start + batch_size]]
+            yield decode_on_device(blobs, data.prep, data.device, data.border, paths), labels
+        return
     if isinstance(data, InMemoryDataset):
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
@@ -109,6 +256,7 @@ def batches(data: ImageDataset | InMemoryDataset, order: Sequence[int] | torch.T
         return
     loader = torch.utils.data.DataLoader(data, batch_size=batch_size, sampler=order.tolist(), num_workers=workers,
                                          pin_memory=pin_memory, persistent_workers=False,
+                                         prefetch_factor=4 if workers else None,
                                          worker_init_fn=_ignore_stop_signals if workers else None)
     yield from loader
 

@@ -65,6 +65,9 @@ class Method:
     def train_mode(self, module: nn.Module) -> None:
         module.train()
 
+    # True when only the head trains on a frozen backbone's features (fit computes them once).
+    head_on_features = False
+
     def loss(self, module: nn.Module, inputs: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
              ctx: TrainContext) -> torch.Tensor:
         return F.cross_entropy(logits, targets)

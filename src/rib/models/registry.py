@@ -183,6 +183,29 @@ def _prefixed(name: str, params: dict) -> ModelSpec:
                      preprocessing=None, weights=name, description=f"open_clip {arch} ({tag}) with a zero-shot head")
 
 
+def preprocessing_of(spec: ModelSpec) -> Preprocessing:
+    """The preprocessing a model's checkpoint will carry, known before its weights are fetched (the
+    pipeline names the image caches by it). rib-mini: the registry's; timm: the pretrained config
+    timm ships; open_clip: its model config (bicubic resize of the shorter side, centre crop)."""
+    if spec.preprocessing is not None:
+        return spec.preprocessing
+    if spec.source == "open_clip":
+        import open_clip
+
+        arch = spec.arch.split(":", 1)[1]
+        cfg = open_clip.get_model_config(arch) or {}
+        size = cfg.get("vision_cfg", {}).get("image_size", 224)
+        size = size[0] if isinstance(size, (list, tuple)) else size
+        return Preprocessing(int(size), "bicubic", 1.0)
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(spec.arch) or timm.models.get_pretrained_cfg(spec.arch.split(".")[0])
+    if cfg is None:
+        return Preprocessing(224, "bicubic", 0.875)
+    return Preprocessing(int(cfg.input_size[-1]), str(cfg.interpolation), float(cfg.crop_pct),
+                         tuple(float(v) for v in cfg.mean), tuple(float(v) for v in cfg.std))
+
+
 def get_model(name: str, params: dict) -> ModelSpec:
     name = canonical_name(name)
     if name.startswith(PREFIXES):
