@@ -470,6 +470,8 @@ def test_dvc_pipeline_of_the_paper_grid():
         kinds[s.split("@")[0]] = kinds.get(s.split("@")[0], 0) + 1
     trained = ["ft", "lp", "lp_ft", "lora", "visual_prompt", "ewc", "l2sp", "lwf", "mas", "ft_seed1"]
     combined = ["wise_ft", "uniform_soup", "greedy_soup", "model_stock"]
-    assert kinds == {"fetch": 9, "prepare": 9, "fetch-weights": 7, **{f"finetune-{m}": 56 for m in trained},
+    # 27 image caches: 9 datasets x 3 preprocessings (224 px bicubic at crop 0.9 and 1.0, bilinear 0.875)
+    assert kinds == {"fetch": 9, "prepare": 9, "cache": 27, "fetch-weights": 7,
+                     **{f"finetune-{m}": 56 for m in trained},
                      "evaluate-pretrained": 7, "evaluate-finetuned": 504, **{f"combine-{m}": 56 for m in combined},
                      "distance": 56, "aggregate": 1, "figures": 1}

@@ -190,8 +190,8 @@ def datasets_to_prepare(params: dict) -> list[str]:
 
 def prep_key(params: dict, model: str) -> str:
     """The preprocessing key of a model's image caches (rib.data.cache.prep_key)."""
-    from .data.cache import prep_key as key
     from .models.registry import get_model, preprocessing_of
+    from .models.registry import prep_key as key
 
     return key(preprocessing_of(get_model(model, params)))
 

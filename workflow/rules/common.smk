@@ -103,9 +103,15 @@ def prepared(dataset):
     return rib_grid.data_dir(PARAMS, dataset)
 
 
+_CACHE_DIRS = {}
+
+
 def caches(model, datasets):
     """The image caches (cache/<suite>/<preprocessing>/<dataset>) a job of ``model`` reads."""
-    return rib_grid.cache_dirs(PARAMS, model, datasets)
+    key = (model, tuple(datasets))
+    if key not in _CACHE_DIRS:  # asked for every job while the DAG is built
+        _CACHE_DIRS[key] = rib_grid.cache_dirs(PARAMS, model, list(datasets))
+    return _CACHE_DIRS[key]
 
 
 def corpus_of(wildcards):

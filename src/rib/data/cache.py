@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..io import atomic_dir, read_json, sha256_file, write_json
-from ..models.registry import Preprocessing
+from ..models.registry import Preprocessing, prep_key
 from ..progress import progress
 from .manifest import DataError, PreparedDataset
 
@@ -39,11 +39,6 @@ log = logging.getLogger("rib.cache")
 FORMAT = 1
 SHARD_SIZE = 4096
 _KEY = re.compile(r"^(\d+)px-(bilinear|bicubic|nearest)-crop([0-9.]+)$")
-
-
-def prep_key(prep: Preprocessing) -> str:
-    """The part of a preprocessing that decides the pixels, as a folder name: 224px-bicubic-crop0.9."""
-    return f"{prep.input_size}px-{prep.interpolation}-crop{prep.crop_pct:g}"
 
 
 def prep_from_key(key: str) -> Preprocessing:

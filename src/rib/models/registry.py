@@ -183,6 +183,12 @@ def _prefixed(name: str, params: dict) -> ModelSpec:
                      preprocessing=None, weights=name, description=f"open_clip {arch} ({tag}) with a zero-shot head")
 
 
+def prep_key(prep: Preprocessing) -> str:
+    """The part of a preprocessing that decides the pixels, as a folder name: 224px-bicubic-crop0.9
+    (the image caches are named by it, rib.data.cache)."""
+    return f"{prep.input_size}px-{prep.interpolation}-crop{prep.crop_pct:g}"
+
+
 def preprocessing_of(spec: ModelSpec) -> Preprocessing:
     """The preprocessing a model's checkpoint will carry, known before its weights are fetched (the
     pipeline names the image caches by it). rib-mini: the registry's; timm: the pretrained config
