@@ -36,10 +36,11 @@ def test_auto_batch_size_backs_off_until_it_fits(in_tiny_suite, tiny_pretrained)
     prepared = load_prepared("data/rib-mini/prepared/c")  # 120 images
     reference = _predict(ckpt.model, ckpt, prepared, batch_size=16)
     small = _Fits(ckpt.model, limit=20)
-    loaded: dict = {}
-    assert torch.equal(_predict(small, ckpt, prepared, batch_size="auto", loaded=loaded), reference)
+    assert torch.equal(_predict(small, ckpt, prepared, batch_size="auto"), reference)
     assert max(s for s in small.sizes if s <= 20) == 16  # 64 -> 32 -> 16
-    assert loaded[("auto_batch", "cpu")] == 16  # the next dataset starts at the size that fitted
+    small.sizes.clear()
+    _predict(small, ckpt, prepared, batch_size="auto")  # the next dataset starts at the size that fitted
+    assert max(small.sizes) == 16
     with pytest.raises(RibError, match="ran out of GPU memory at batch size 64: lower evaluate.batch_size"):
         _predict(_Fits(ckpt.model, limit=20), ckpt, prepared, batch_size=64)
 

@@ -461,7 +461,7 @@ def cmd_cache(args, params) -> int:
             raise RibError(f"{args.data}: holds dataset {prepared.name!r}, not {args.dataset!r}")
         cache.build(prepared, prep, args.out, workers=params["runtime"]["loader_workers"],
                     show_progress=not args.quiet)
-        cache.open_cache(args.out, prepared, prep, verify=True)
+        cache.open_cache(args.out, prepared, prep)  # readable as written (build hashed each shard)
         log.info("saved %s", args.out)
     else:
         opened = cache.open_cache(args.out, prepared, prep, verify=True)
@@ -614,7 +614,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prepared pretraining-domain dataset (importance weights of EWC and MAS)")
     s.set_defaults(func=cmd_finetune)
 
-    s = sub.add_parser("evaluate", parents=[common, torch_opts, cache_opts], help="evaluate a checkpoint: one JSON per dataset")
+    s = sub.add_parser("evaluate", parents=[common, torch_opts, cache_opts],
+                       help="evaluate a checkpoint: one JSON per dataset")
     s.add_argument("checkpoint")
     s.add_argument("datasets", nargs="*",
                    help="prepared dataset folders (default: the source set and every dataset of grid.datasets)")

@@ -19,9 +19,9 @@ from torch import nn
 
 from .data.cache import find as find_cache
 from .data.labels import LabelProjection
-from .errors import RibError
 from .data.loading import batches, normalize, open_dataset
 from .data.manifest import PreparedDataset, Row
+from .errors import RibError
 from .metrics import corruption_accuracy
 from .models.registry import Preprocessing
 from .progress import progress
@@ -31,15 +31,16 @@ log = logging.getLogger("rib.evaluate")
 
 
 AUTO_BATCH = {"cuda": 512, "cpu": 64}  # evaluate.batch_size: auto starts here (CPU: fastest measured)
+_FITTED: dict[tuple, int] = {}  # auto batch sizes that fitted, per (device, model class, input size)
 
 
 def _engine_model(model: nn.Module, device: torch.device, engine: dict) -> tuple[nn.Module, bool]:
     """The module to run and whether inputs go channels-last: channels_last (auto: CUDA and a
     convolutional model) and torch.compile (CUDA only) from the runtime settings."""
     model.eval().to(device)
-    has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
     cl = engine.get("channels_last", "auto")
-    channels_last = cl is True or (cl == "auto" and device.type == "cuda" and has_conv)
+    channels_last = cl is True or (cl == "auto" and device.type == "cuda"
+                                   and any(isinstance(m, nn.Conv2d) for m in model.modules()))
     if channels_last:
         model.to(memory_format=torch.channels_last)
     if engine.get("compile") and device.type == "cuda":
@@ -74,9 +75,8 @@ def predict(model: nn.Module, prepared: PreparedDataset, label_space: list[str],
     projection = LabelProjection(prepared.classes, label_space).to(device)
     run, channels_last = _engine_model(model, device, engine or {})
     auto = batch_size == "auto"
-    size = AUTO_BATCH.get(device.type, 64) if auto else int(batch_size)
-    if loaded is not None and auto:
-        size = loaded.get(("auto_batch", device.type), size)
+    fitted = (device.type, type(model).__name__, prep.input_size)
+    size = _FITTED.get(fitted, AUTO_BATCH.get(device.type, 64)) if auto else int(batch_size)
     while True:
         try:
             out = []
@@ -90,8 +90,8 @@ def predict(model: nn.Module, prepared: PreparedDataset, label_space: list[str],
                 with autocast(device, precision):
                     logits = run(x)
                 out.append(projection.correct(logits.float(), labels.to(device), scoring).cpu())
-            if loaded is not None and auto:
-                loaded[("auto_batch", device.type)] = size
+            if auto:
+                _FITTED[fitted] = size  # the next dataset starts at the size that fitted
             return torch.cat(out)
         except torch.cuda.OutOfMemoryError:
             if not auto or size == 1:
