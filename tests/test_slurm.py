@@ -183,7 +183,8 @@ def test_results_equal_the_local_run(slurm_run, local_run):
     cluster, local = cell_numbers(ws), cell_numbers(local_run)
     assert len(cluster) == 3 + 3 * 2 * 3 and cluster == local  # pretrained + (ft, lp, wise_ft) x 2 D_ft, x 3
     for name in ("metrics.csv", "summary.csv", "sweeps.csv"):
-        assert (ws / "reports" / "rib-mini" / name).read_text() == (local_run / "reports" / "rib-mini" / name).read_text()
+        cluster_table, local_table = (w / "reports" / "rib-mini" / name for w in (ws, local_run))
+        assert cluster_table.read_text() == local_table.read_text(), name
 
 
 @pytest.mark.parametrize("method, how", [("ft", "scontrol requeue"), ("lp", "scancel --signal=TERM")])

@@ -39,7 +39,8 @@ def _setup(tiny_pretrained, method_name, epochs=3, batch_size=8):
     ckpt = network.load(tiny_pretrained)
     prepared = load_prepared("data/rib-mini/prepared/sketch")
     data = open_dataset(prepared, "finetune", ckpt.preprocessing, preload_images=True, show_progress=False)
-    cfg = {"epochs": epochs, "batch_size": batch_size, "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0, "warmup_steps": 2}
+    cfg = {"epochs": epochs, "batch_size": batch_size, "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0,
+           "warmup_steps": 2}
     method = get_method(method_name, cfg)
     return ckpt, data, LabelProjection(prepared.classes, ckpt.label_space), Schedule.from_config(cfg), method
 

@@ -124,7 +124,8 @@ class ImageCache:
         return torch.from_numpy(out)
 
 
-def open_cache(folder: str | Path, prepared: PreparedDataset, prep: Preprocessing, *, verify: bool = False) -> ImageCache:
+def open_cache(folder: str | Path, prepared: PreparedDataset, prep: Preprocessing, *,
+               verify: bool = False) -> ImageCache:
     """Open the cache of ``prepared`` in ``prep`` at ``folder``; a DataError says what does not match."""
     folder = Path(folder)
     info_path = folder / "info.json"
