@@ -7,6 +7,7 @@ uint8 (C, H, W). Conversion to float and normalisation happen per batch on the c
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -26,24 +27,35 @@ _INTERPOLATION = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resamp
                   "nearest": Image.Resampling.NEAREST}
 
 
-def load_image(path: Path, prep: Preprocessing, border: int = 0) -> torch.Tensor:
+def _open_rgb(source, where) -> Image.Image:
+    """An image file (path or file object) as RGB; a one-line DataError naming ``where`` otherwise."""
     try:
-        with Image.open(path) as im:
-            img = im.convert("RGB")
+        with Image.open(source) as im:
+            return im.convert("RGB")
     except Exception as err:
-        raise DataError(f"{path}: not a readable image ({type(err).__name__}: {err})") from None
-    if border:  # a frame that is not part of the picture (ObjectNet)
-        img = img.crop((border, border, img.size[0] - border, img.size[1] - border))
+        raise DataError(f"{where}: not a readable image ({type(err).__name__}: {err})") from None
+
+
+def _geometry(w: int, h: int, prep: Preprocessing) -> tuple[int, int, int, int]:
+    """Resize the shorter side to size / crop_pct, then take the central size x size crop:
+    the resized (w, h) and the crop's (left, top)."""
     size = prep.input_size
-    # Resize the shorter side to size / crop_pct, then take the central size x size crop.
     resize_to = int(math.floor(size / prep.crop_pct))
-    w, h = img.size
     if min(w, h) != resize_to:
         scale = resize_to / min(w, h)
         w, h = max(resize_to, round(w * scale)), max(resize_to, round(h * scale))
+    return w, h, int(round((w - size) / 2.0)), int(round((h - size) / 2.0))
+
+
+def load_image(path: Path, prep: Preprocessing, border: int = 0) -> torch.Tensor:
+    img = _open_rgb(path, path)
+    if border:  # a frame that is not part of the picture (ObjectNet)
+        img = img.crop((border, border, img.size[0] - border, img.size[1] - border))
+    size = prep.input_size
+    w, h, left, top = _geometry(*img.size, prep)
+    if (w, h) != img.size:
         img = img.resize((w, h), _INTERPOLATION[prep.interpolation])
     if (w, h) != (size, size):
-        left, top = int(round((w - size) / 2.0)), int(round((h - size) / 2.0))
         img = img.crop((left, top, left + size, top + size))
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
 
@@ -101,9 +113,7 @@ def open_dataset(prepared: PreparedDataset, part: str | None, prep: Preprocessin
     if not rows:
         raise DataError(f"dataset {prepared.name!r} has no images in part {part!r}")
     if cache is None and decode_device is not None:
-        ds = EncodedDataset(prepared.root, rows, prep, prepared.border)
-        ds.device = decode_device
-        return ds
+        return EncodedDataset(prepared.root, rows, prep, decode_device, prepared.border)
     if cache is not None:
         number = {r.path: i for i, r in enumerate(prepared.rows)}
         positions = np.array([number[r.path] for r in rows], dtype=np.int64)
@@ -119,8 +129,8 @@ class EncodedDataset(torch.utils.data.Dataset):
     from PIL's by a grey level here and there: numbers are close to, not identical with, the
     default path's."""
 
-    def __init__(self, root: Path, rows: Sequence[Row], prep: Preprocessing, border: int = 0):
-        self.root, self.rows, self.prep, self.border = Path(root), list(rows), prep, border
+    def __init__(self, root: Path, rows: Sequence[Row], prep: Preprocessing, device: torch.device, border: int = 0):
+        self.root, self.rows, self.prep, self.device, self.border = Path(root), list(rows), prep, device, border
         self.labels = torch.tensor([r.label for r in self.rows], dtype=torch.long)
 
     def __len__(self) -> int:
@@ -150,29 +160,19 @@ def decode_on_device(blobs: list[bytes], prep: Preprocessing, device: torch.devi
             images[i] = img
     for i, img in enumerate(images):
         if img is None:  # PNG and the rest: PIL, as load_image does
-            try:
-                with Image.open(__import__("io").BytesIO(blobs[i])) as im:
-                    arr = np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-            except Exception as err:
-                where = paths[i] if paths else f"image {i}"
-                raise DataError(f"{where}: not a readable image ({type(err).__name__}: {err})") from None
-            images[i] = torch.from_numpy(arr).permute(2, 0, 1).to(device)
+            rgb = _open_rgb(io.BytesIO(blobs[i]), paths[i] if paths else f"image {i}")
+            images[i] = torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1).to(device)
     size = prep.input_size
-    resize_to = int(math.floor(size / prep.crop_pct))
+    mode = prep.interpolation  # bilinear | bicubic | nearest: torch's modes of the same names
     out = torch.empty((len(blobs), 3, size, size), dtype=torch.uint8, device=device)
     for k, img in enumerate(images):
         if border:
             img = img[:, border:img.shape[1] - border, border:img.shape[2] - border]
-        h, w = img.shape[1:]
-        if min(w, h) != resize_to:
-            scale = resize_to / min(w, h)
-            h, w = max(resize_to, round(h * scale)), max(resize_to, round(w * scale))
-            mode = "bilinear" if prep.interpolation == "bilinear" else ("nearest" if prep.interpolation == "nearest"
-                                                                       else "bicubic")
+        w, h, left, top = _geometry(img.shape[2], img.shape[1], prep)
+        if (h, w) != tuple(img.shape[1:]):
             img = F.interpolate(img[None].float(), size=(h, w), mode=mode, antialias=mode != "nearest",
                                 align_corners=False if mode != "nearest" else None)[0]
             img = img.round_().clamp_(0, 255).to(torch.uint8)
-        top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
         out[k] = img[:, top:top + size, left:left + size]
     return out
 
