@@ -13,6 +13,7 @@ from rib.cli import main
 from rib.data import cache
 from rib.data.loading import CachedDataset, batches, load_image, open_dataset
 from rib.data.manifest import DataError, load_prepared
+from rib.errors import DamagedFileError
 from rib.models import network
 from rib.models.registry import Preprocessing
 
@@ -59,11 +60,15 @@ def test_damage_is_detected(in_tiny_suite, tmp_path):
     data = bytearray(shard.read_bytes())
     data[-1] ^= 0xFF  # one flipped bit: same size, wrong digest
     shard.write_bytes(bytes(data))
-    cache.open_cache(folder, prepared, PREP)  # the structural check passes ...
-    with pytest.raises(DataError, match="shard-00001.npy: cache shard digest does not match"):
+    opened = cache.open_cache(folder, prepared, PREP)  # the structural check passes ...
+    with pytest.raises(DamagedFileError, match="shard-00001.npy: cache shard does not match the digest"):
         cache.open_cache(folder, prepared, PREP, verify=True)  # ... the digest does not
+    opened.read(np.arange(opened.shard_size - 2, opened.shard_size))  # shard 0 is intact and reads
+    with pytest.raises(DamagedFileError, match="shard-00001.npy: cache shard does not match the digest") as err:
+        opened.read(np.arange(opened.shard_size, opened.shard_size + 3))  # never read as if valid
+    assert err.value.path == folder  # the whole cache is moved aside and rebuilt
     shard.write_bytes(bytes(data[:-100]))
-    with pytest.raises(DataError, match="shard-00001.npy: missing or truncated cache shard"):
+    with pytest.raises(DamagedFileError, match="shard-00001.npy: missing or truncated cache shard"):
         cache.open_cache(folder, prepared, PREP)
     with pytest.raises(DataError, match=f"cached at {KEY}, but the model wants 64px-bilinear-crop1"):
         cache.open_cache(folder, prepared, Preprocessing(64))

@@ -41,7 +41,7 @@ def test_auto_batch_size_backs_off_until_it_fits(in_tiny_suite, tiny_pretrained)
     small.sizes.clear()
     _predict(small, ckpt, prepared, batch_size="auto")  # the next dataset starts at the size that fitted
     assert max(small.sizes) == 16
-    with pytest.raises(RibError, match="ran out of GPU memory at batch size 64: lower evaluate.batch_size"):
+    with pytest.raises(RibError, match="at batch size 64 ran out of GPU memory: lower evaluate.batch_size"):
         _predict(_Fits(ckpt.model, limit=20), ckpt, prepared, batch_size=64)
 
 

@@ -10,7 +10,7 @@ import pytest
 from rib import aggregate, grid
 from rib.data.manifest import Row
 from rib.evaluate import summarize
-from rib.io import write_json
+from rib.io import write_record
 from rib.metrics import (
     average_accuracy,
     average_ood_after,
@@ -55,8 +55,8 @@ def _write_cell(root, cell, suite, top1, heldout=None, subset="all"):
         subsets["heldout"] = {"n": 50, "correct": int(heldout * 50), "top1": heldout}
     if subset == "heldout":
         subsets = {"heldout": subsets["heldout"]}
-    path.write_text(json.dumps({"top1": top1 if subset == "all" else heldout, "subset": subset,
-                                "n": subsets[subset]["n"], "subsets": subsets, "scoring": "restricted"}))
+    write_record(path, {"top1": top1 if subset == "all" else heldout, "subset": subset,
+                        "n": subsets[subset]["n"], "subsets": subsets, "scoring": "restricted"})
 
 
 def test_tables_from_cells(tmp_path, tiny_params):
@@ -76,7 +76,7 @@ def test_tables_from_cells(tmp_path, tiny_params):
             _write_cell(tmp_path, grid.Cell(m, "ft", dft, ev), "rib-mini", a, a if own else None,
                         subset="heldout" if own else "all")
     for dft, value in (("sketch", 3.0), ("c", 1.0), ("r", 5.0)):
-        write_json(tmp_path / grid.path("distance", suite="rib-mini", model=m, dataset=dft),
+        write_record(tmp_path / grid.path("distance", suite="rib-mini", model=m, dataset=dft),
                    {"reference": "source", "otdd": value, "n": [10, 8]})
     outs = {k: str(tmp_path / f"{k}.out") for k in grid.TABLES}
     aggregate.write_tables(params, outs, root=tmp_path)

@@ -7,6 +7,7 @@ regenerate a single targeted cell with only what it depends on.
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from tests import faults
 from tests.conftest import REPO, TINY_PARAMS, job_counts, rib_env, run_rib
 
 pytestmark = pytest.mark.e2e
@@ -165,7 +167,7 @@ def test_one_cell_regenerates_with_only_its_dependencies(snakemake_run, tmp_path
     assert "checkpoints/rib-mini/mini_vit.narrow/ft_seed1/c/model.pt" in plan.stdout
 
 
-def test_dvc_repro_gives_the_same_numbers_and_reruns_nothing(snakemake_run, tmp_path):
+def test_dvc_repro_killed_and_rerun_gives_the_same_numbers_and_then_reruns_nothing(snakemake_run, tmp_path):
     ws, _ = snakemake_run
     dws = make_workspace(tmp_path / "dvc")
     # dvc.yaml is generated from the params file: the default one does not fit the tiny grid
@@ -173,6 +175,11 @@ def test_dvc_repro_gives_the_same_numbers_and_reruns_nothing(snakemake_run, tmp_
     assert stale.returncode == 2 and "dvc.yaml: out of date with params.yaml" in stale.stderr
     run_rib("dvc", cwd=dws)
     dvc(dws, "init", "--no-scm", "-q")
+    # the first `dvc repro` is killed (SIGKILL, the whole run) while a model trains; the same
+    # command then completes, and the numbers are those of the unbroken Snakemake run
+    kill = faults.kill_during(dws, [sys.executable, "-m", "dvc", "repro"], "finetune", random.Random(5), 1.0)
+    assert kill.killed and not kill.finished_first
+    assert faults.outputs_left_are_valid(dws) == []
     dvc(dws, "repro")
     assert cell_numbers(dws) == cell_numbers(ws)
     for table in ("metrics.csv", "summary.csv"):

@@ -395,12 +395,15 @@ def _tar_with(member: tarfile.TarInfo, data: bytes = b"x") -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink-out", "symlink-abs", "hardlink-out"])
+@pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink-out", "symlink-abs", "hardlink-out", "fifo"])
 def test_tar_members_outside_the_target_are_refused(tmp_path, kind):
     if kind == "dotdot":
         m = tarfile.TarInfo("../escaped.txt")
     elif kind == "absolute":
         m = tarfile.TarInfo(str(tmp_path / "escaped.txt"))
+    elif kind == "fifo":
+        m = tarfile.TarInfo("ok/pipe")
+        m.type = tarfile.FIFOTYPE
     else:
         m = tarfile.TarInfo("ok/link")
         m.type = tarfile.LNKTYPE if kind == "hardlink-out" else tarfile.SYMTYPE
@@ -426,6 +429,21 @@ def test_zip_members_outside_the_target_are_refused(tmp_path, name):
     with pytest.raises(ArchiveError, match="would be written outside the target folder"):
         extract(archive, dest, show_progress=False)
     assert list(dest.iterdir()) == [] and not (tmp_path / "escaped.txt").exists()
+
+
+@pytest.mark.parametrize("target", ["../../escaped.txt", "/etc/passwd", "file.txt"])
+def test_zip_symbolic_links_are_refused(tmp_path, target):
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("ok/file.txt", "y")
+        link = zipfile.ZipInfo("ok/link")
+        link.external_attr = (0o120777 << 16)  # S_IFLNK: what `zip --symlinks` writes
+        zf.writestr(link, target)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(ArchiveError, match="evil.zip: member 'ok/link' is a symbolic link; refused"):
+        extract(archive, dest, show_progress=False)
+    assert list(dest.iterdir()) == []
 
 
 # ----------------------------------------------------------------------------------------------

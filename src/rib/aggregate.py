@@ -27,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import grid, metrics
-from .io import atomic_path, read_json, write_json
+from .io import atomic_path, read_record, write_json
 
 SUMMARY_COLUMNS = ["source_pre", "source_ft", "finetune_pre", "finetune_ft", "ood_pre", "ood_ft", "mri"]
 
@@ -40,7 +40,7 @@ def collect(params: dict, root: str | os.PathLike = ".") -> pd.DataFrame:
     rows, sweeps, corruptions = [], [], []
     for cell in grid.cells(params):
         path = root / cell.path(suite)
-        rec = read_json(path)
+        rec = read_record(path)
         per_corruption = rec.get("subsets", {}).get(rec.get("subset"), {}).get("per_corruption")
         if per_corruption:
             corruptions.append({"model": cell.model, "method": cell.method,
@@ -83,7 +83,7 @@ def distance_table(params: dict, summary: pd.DataFrame, root: str | os.PathLike 
     """OTDD per (model, D_ft) next to each method's loss of pretraining-domain accuracy."""
     rows = []
     for model, dataset in grid.distance_jobs(params):
-        rec = read_json(Path(root) / grid.path("distance", suite=params["suite"], model=model, dataset=dataset))
+        rec = read_record(Path(root) / grid.path("distance", suite=params["suite"], model=model, dataset=dataset))
         rows.append({"model": model, "finetune_dataset": dataset, "reference": rec["reference"],
                      "otdd": rec["otdd"], "n_reference": rec["n"][0], "n_finetune": rec["n"][1]})
     frame = pd.DataFrame(rows)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import ConfigError, load
-from .errors import RibError, TrainingInterrupted, TrainingStopped
+from .errors import DamagedFileError, RibError, TrainingInterrupted, TrainingStopped, memory_error, out_of_memory
 
 log = logging.getLogger("rib")
 
@@ -329,11 +329,11 @@ def _eval_datasets(params, folders):
 
 
 def _write_cells(out_dir, datasets, records, common: dict) -> None:
-    from .io import write_json
+    from .io import write_record
 
     out_dir = Path(out_dir)
     for prepared, rec in zip(datasets, records):
-        write_json(out_dir / f"{prepared.name}.json",
+        write_record(out_dir / f"{prepared.name}.json",
                    {**common, **rec, "manifest_sha256": prepared.info["manifest_sha256"],
                     "skipped_images": prepared.info.get("skipped_images", 0)})
 
@@ -480,7 +480,7 @@ def cmd_distance(args, params) -> int:
     from .data.manifest import load_prepared
     from .distance import otdd
     from .evaluate import AUTO_BATCH
-    from .io import sha256_file, write_json
+    from .io import sha256_file, write_record
     from .models import network
 
     device = _torch_setup(params, args.threads)
@@ -511,7 +511,7 @@ def cmd_distance(args, params) -> int:
               "checkpoint": str(args.pretrained), "checkpoint_sha256": sha256_file(args.pretrained),
               "manifest_sha256": {ref.name: ref.info["manifest_sha256"], own.name: own.info["manifest_sha256"]},
               "seed": params["seed"], "seconds": round(time.time() - t0, 3), **_provenance(device)}
-    write_json(args.out, record)
+    write_record(args.out, record)
     log.info("OTDD(%s, %s) = %.4f on %d + %d images", ref.name, own.name, result["otdd"], *result["n"])
     return 0
 
@@ -669,6 +669,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("eval", help="the evaluation dataset")
     s.set_defaults(func=cmd_cell)
 
+    s = sub.add_parser("verify", parents=[common],
+                       help="check the outputs of the working folder (digests, structure); move damaged ones aside")
+    s.add_argument("--root", default=".", help="working folder (default: .)")
+    s.add_argument("--all-suites", action="store_true", help="check every suite's outputs, not only params' suite")
+    s.add_argument("--full", action="store_true", help="also check checkpoint and cache-shard digests (reads all)")
+    s.add_argument("--repair", action="store_true", help="move damaged outputs aside (NAME.damaged) to be rebuilt")
+    s.set_defaults(func=cmd_verify)
+
     s = sub.add_parser("methods", parents=[common], help="list the methods, their settings and defaults")
     s.set_defaults(func=cmd_methods)
 
@@ -686,10 +694,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def cmd_verify(args, params) -> int:
+    """Check every output rib wrote; exit 1 when one is damaged (and, without --repair, left in place)."""
+    from .verify import outputs, sweep
+
+    suite = None if args.all_suites else params["suite"]
+    total = len(outputs(Path(args.root), suite))
+    findings = sweep(args.root, suite, full=args.full, repair=args.repair)
+    for finding in findings:
+        print(f"damaged: {finding.line()}")
+    what = "digests and structure" if args.full else "structure and record digests"
+    print(f"{total} outputs checked ({what}): {len(findings)} damaged"
+          + (", moved aside" if findings and args.repair else ""))
+    return 1 if findings and not args.repair else 0
+
+
 def cmd_cell(args, params) -> int:
     """Where one cell of the tables lives, what it is made from, and how to regenerate it."""
     from . import grid
-    from .io import read_json
+    from .io import read_record
     from .methods import entry_info, ingredients, init_entry
     from .models.registry import get_model, model_slug
 
@@ -741,7 +764,7 @@ def cmd_cell(args, params) -> int:
     target = cell.path(suite)
     print(f"cell:  {target}")
     if Path(target).exists():
-        rec = read_json(target)
+        rec = read_record(target)
         print(f"value: top-1 {100 * rec['top1']:.2f}% on {rec['n']} images ({rec['subset']}), written {rec.get('time', '?')}")
     else:
         print("value: not computed yet")
@@ -820,9 +843,37 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingStopped as stop:
         log.warning("%s", stop)
         return 3
+    except DamagedFileError as err:
+        from .verify import handle_damaged
+
+        print(f"rib: error: {handle_damaged(err)}", file=sys.stderr)
+        return 2
     except RibError as err:
         print(f"rib: error: {err}", file=sys.stderr)
         return 2
+    except (RuntimeError, MemoryError) as err:
+        kind = out_of_memory(err)
+        if kind is None:
+            raise
+        print(f"rib: error: {_memory_advice(args, kind, err)}", file=sys.stderr)
+        return 2
+
+
+def _memory_advice(args, kind: str, err: BaseException) -> str:
+    """Running out of memory, said with the settings of this command that decide how much it needs."""
+    command = args.command
+    if command in ("finetune", "pretrain"):
+        what = f"{command} {getattr(args, 'method', '') or getattr(args, 'model', '')}".strip()
+        entry = getattr(args, "method", None)
+        settings = ("lower train.batch_size" + (f" (or methods.{entry}.batch_size)" if entry else "")
+                    + " or train.precision (bf16/fp16 on a GPU) in the params file; a smaller batch changes the "
+                    "training, so rib does not change it for you")
+    else:
+        what = command
+        settings = "lower evaluate.batch_size in the params file, or set it to auto"
+    if kind == "CPU":
+        settings += "; for CPU memory also consider runtime.preload: false and fewer runtime.loader_workers"
+    return str(memory_error(kind, err, what, settings))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,6 +13,15 @@ class FormatError(RibError, ValueError):
     """A file exists but its content is not what was expected."""
 
 
+class DamagedFileError(FormatError):
+    """An output rib wrote earlier no longer matches its recorded digest or structure (truncated,
+    overwritten, bit rot). It is never used; ``rib`` moves it aside so that the pipeline rebuilds it."""
+
+    def __init__(self, message: str, path=None):
+        super().__init__(message)
+        self.path = path
+
+
 class UnknownNameError(RibError, KeyError):
     """A name (suite, dataset, model, method) that no registry holds."""
 
@@ -31,3 +40,38 @@ class TrainingInterrupted(TrainingStopped):
     def __init__(self, message: str, signum: int):
         super().__init__(message)
         self.signum = signum
+
+
+def out_of_memory(err: BaseException) -> str | None:
+    """Which memory ``err`` says ran out ("GPU" or "CPU"), or None when it is not an allocation failure.
+
+    torch reports these in several forms: ``torch.OutOfMemoryError`` (CUDA and other devices), a
+    RuntimeError from the CPU allocator or from CUDA libraries, and a DataLoader worker killed by
+    the kernel's OOM killer."""
+    text = str(err)
+    if type(err).__name__ == "OutOfMemoryError":
+        return "GPU"
+    if isinstance(err, MemoryError) or "DefaultCPUAllocator: can't allocate memory" in text:
+        return "CPU"
+    if isinstance(err, RuntimeError) and ("CUDA out of memory" in text or "CUDA error: out of memory" in text
+                                          or "CUBLAS_STATUS_ALLOC_FAILED" in text):
+        return "GPU"
+    if isinstance(err, RuntimeError) and "DataLoader worker" in text and "killed by signal" in text:
+        return "CPU"
+    return None
+
+
+def memory_error(kind: str, err: BaseException, what: str, settings: str) -> RibError:
+    """The one-line error for running out of memory: what ran out, doing what, and what to change."""
+    import re
+
+    asked = re.search(r"allocate (\d+) bytes", str(err)) or re.search(r"allocate ([\d.]+ [GMK]iB)", str(err))
+    size = ""
+    if asked:
+        value = asked.group(1)
+        if value.isdigit():
+            n = int(value)
+            size = f" (asked for {n / 2**30:.2f} GiB more)" if n >= 2**30 else f" (asked for {n / 2**20:.1f} MiB more)"
+        else:
+            size = f" (asked for {value} more)"
+    return RibError(f"{what} ran out of {kind} memory{size}: {settings}")

@@ -21,7 +21,7 @@ from .data.cache import find as find_cache
 from .data.labels import LabelProjection
 from .data.loading import batches, normalize, open_dataset
 from .data.manifest import PreparedDataset, Row
-from .errors import RibError
+from .errors import RibError, memory_error, out_of_memory
 from .metrics import corruption_accuracy
 from .models.registry import Preprocessing
 from .progress import progress
@@ -93,13 +93,17 @@ def predict(model: nn.Module, prepared: PreparedDataset, label_space: list[str],
             if auto:
                 _FITTED[fitted] = size  # the next dataset starts at the size that fitted
             return torch.cat(out)
-        except torch.cuda.OutOfMemoryError:
+        except (RuntimeError, MemoryError) as err:  # torch.OutOfMemoryError is a RuntimeError
+            kind = out_of_memory(err)
+            if kind is None:
+                raise
             if not auto or size == 1:
-                raise RibError(f"evaluating on {prepared.name} ran out of GPU memory at batch size {size}: lower "
-                               "evaluate.batch_size in the params file, or set it to auto") from None
+                raise memory_error(kind, err, f"evaluating on {prepared.name} at batch size {size}",
+                                   "lower evaluate.batch_size in the params file, or set it to auto") from None
             size //= 2
-            torch.cuda.empty_cache()
-            log.warning("out of GPU memory; evaluation batch size lowered to %d", size)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            log.warning("out of %s memory; evaluation batch size lowered to %d", kind, size)
 
 
 def _stats(correct: int, n: int) -> dict:

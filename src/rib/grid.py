@@ -211,3 +211,15 @@ def cache_jobs(params: dict) -> list[tuple[str, str]]:
     if not params["runtime"].get("cache", True):
         return []
     return sorted({(prep_key(params, m), d) for m in params["grid"]["models"] for d in eval_datasets(params)})
+
+
+def rebuildable_outputs(params: dict) -> set[str]:
+    """The files and folders of the grid that a pipeline run can write again: cells, distances,
+    fine-tuned and pretrained checkpoints, image caches."""
+    suite = params["suite"]
+    found = {cell.path(suite) for cell in cells(params)}
+    found |= {path("distance", suite=suite, model=m, dataset=d) for m, d in distance_jobs(params)}
+    found |= {path("finetuned", suite=suite, model=m, method=e, dataset=d) for m, e, d in finetune_jobs(params)}
+    found |= {path("pretrained", suite=suite, model=m) for m in params["grid"]["models"]}
+    found |= {PATTERNS["cache"].format(suite=suite, prep=k, dataset=d) for k, d in cache_jobs(params)}
+    return found

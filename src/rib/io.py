@@ -7,23 +7,43 @@ interrupted job never leaves a half-written file that Snakemake or DVC could tak
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import FormatError, MissingFileError
+from .errors import DamagedFileError, FormatError, MissingFileError, RibError
+
+DIGEST_KEY = "record_sha256"  # the digest a result record carries of its own content
 
 
 def _tmp_sibling(path: Path, suffix: str = "") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(path)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".partial", dir=path.parent)
     os.close(fd)
     return Path(name)
+
+
+def remove_leftovers(path: Path) -> None:
+    """Remove temporary siblings of ``path`` left by a writer that was killed (SIGKILL skips cleanup).
+
+    Only one job writes a given output at a time (Snakemake and DVC lock the outputs of running
+    jobs), so a temporary sibling that exists when a new write of ``path`` starts is dead. The names
+    matched are exactly those :func:`atomic_path` and :func:`atomic_dir` make for ``path``."""
+    endings = rf"({re.escape(path.suffix)}\.partial|\.partial|\.old)"
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}{endings}")
+    if not path.parent.is_dir():
+        return
+    for leftover in path.parent.iterdir():
+        if pattern.fullmatch(leftover.name):
+            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -36,9 +56,29 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise write_error(path, "file", err) from None
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def write_error(path: str | os.PathLike, what: str, err: Exception) -> RibError:
+    """The one-line error for a write that failed (a full disk, most often): what, where, how much
+    space is left, and that the file written before is untouched."""
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    folder = Path(path).parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    full = getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or (free is not None and free < (1 << 20))
+    hint = (f"; the disk holding {folder} is full ({free / 2**20:.1f} MiB free): free some space or write the "
+            "outputs elsewhere" if full and free is not None else "")
+    kept = "; the previous file is kept unchanged" if Path(path).exists() else ""
+    return RibError(f"{path}: could not write the {what} ({first}){hint}{kept}")
 
 
 @contextlib.contextmanager
@@ -46,6 +86,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder to fill; on success it replaces the folder ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
     try:
         yield tmp
@@ -56,6 +97,10 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(old)
         else:
             os.replace(tmp, path)
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise write_error(path, "folder", err) from None
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -86,3 +131,78 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def quarantine(path: str | os.PathLike) -> Path:
+    """Move a damaged output aside (``NAME.damaged``) so that the pipeline sees it missing and rebuilds it."""
+    path = Path(path)
+    aside = path.with_name(path.name + ".damaged")
+    if aside.is_dir():
+        shutil.rmtree(aside)
+    os.replace(path, aside)
+    return aside
+
+
+def _update(h, obj) -> None:
+    """Feed a tree of dicts, lists, tensors, arrays and plain values into the hash ``h``."""
+    import numpy as np
+
+    if isinstance(obj, dict):
+        h.update(b"{")
+        for key in sorted(obj, key=str):
+            h.update(repr(key).encode() + b":")
+            _update(h, obj[key])
+        h.update(b"}")
+    elif isinstance(obj, (list, tuple)):
+        h.update(b"[")
+        for item in obj:
+            _update(h, item)
+        h.update(b"]")
+    elif type(obj).__module__ == "torch" and type(obj).__name__ in ("Tensor", "Parameter"):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"tensor:{t.dtype}:{tuple(t.shape)}:".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(__import__("torch").uint8).numpy().data)
+    elif isinstance(obj, np.ndarray):
+        a = np.ascontiguousarray(obj)
+        h.update(f"array:{a.dtype}:{a.shape}:".encode())
+        h.update(a.view(np.uint8).data if a.size else b"")
+    else:
+        h.update(f"{type(obj).__name__}:{obj!r}".encode())
+
+
+def tree_digest(obj: Any) -> str:
+    """A SHA-256 over a nested structure of tensors and plain values (a checkpoint, a training state)."""
+    h = hashlib.sha256()
+    _update(h, obj)
+    return h.hexdigest()
+
+
+def record_digest(record: dict) -> str:
+    blob = json.dumps({k: v for k, v in record.items() if k != DIGEST_KEY}, sort_keys=True, allow_nan=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def write_record(path: str | os.PathLike, record: dict) -> None:
+    """Write a result record (one cell, one distance) with the digest of its own content."""
+    record = {k: v for k, v in record.items() if k != DIGEST_KEY}
+    # the digest is of the record as it reads back from JSON (tuples become lists, keys strings)
+    record = json.loads(json.dumps(record, sort_keys=True))
+    write_json(path, {**record, DIGEST_KEY: record_digest(record)})
+
+
+def read_record(path: str | os.PathLike) -> dict:
+    """Read a result record; a truncated, unparsable or altered one is a :class:`DamagedFileError`."""
+    path = Path(path)
+    try:
+        record = read_json(path)
+    except MissingFileError:
+        raise
+    except FormatError as err:
+        raise DamagedFileError(f"{err}: damaged result file", path) from None
+    if not isinstance(record, dict) or DIGEST_KEY not in record:
+        raise DamagedFileError(f"{path}: result file without its {DIGEST_KEY}: not written by rib, or damaged", path)
+    if record_digest(record) != record[DIGEST_KEY]:
+        raise DamagedFileError(f"{path}: result file does not match the digest recorded when it was written "
+                               "(altered or damaged)", path)
+    return record

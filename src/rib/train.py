@@ -33,7 +33,7 @@ from torch import nn
 from .data.labels import LabelProjection
 from .data.loading import ImageDataset, InMemoryDataset, batches, normalize
 from .errors import TrainingInterrupted, TrainingStopped
-from .io import atomic_path
+from .io import tree_digest
 from .methods.base import Method, TrainContext
 from .models import network
 from .models.registry import Preprocessing
@@ -106,6 +106,11 @@ def _load_state(state_path: Path, expected: str) -> dict | None:
         state = torch.load(state_path, map_location="cpu", weights_only=True)
     except Exception as err:  # a damaged state file is not trusted; training restarts
         log.warning("%s: unreadable training state (%s); starting from the beginning", state_path, err)
+        return None
+    recorded = state.pop(network.DIGEST, None) if isinstance(state, dict) else None
+    if recorded is None or tree_digest(state) != recorded:
+        log.warning("%s: training state does not match its recorded digest (damaged); starting from the beginning",
+                    state_path)
         return None
     if state.get("fingerprint") != expected:
         log.warning("%s: training state is from other settings; starting from the beginning", state_path)
@@ -239,11 +244,11 @@ def fit(model: nn.Module, method: Method, data: ImageDataset | InMemoryDataset, 
         interruptions[:] = stops
 
     def save(epoch: int, batch: int, partial_stats: dict | None) -> None:
-        with atomic_path(state_path) as tmp:
-            torch.save({"fingerprint": run_fp, "epoch": epoch, "batch": batch, "step": step, "history": history,
-                        "partial": partial_stats, "rng": _rng_state(device), "interruptions": stops,
-                        "model": module.state_dict(), "optimizer": optimizer.state_dict(),
-                        "method": method.state_dict()}, tmp)
+        state = {"fingerprint": run_fp, "epoch": epoch, "batch": batch, "step": step, "history": history,
+                 "partial": partial_stats, "rng": _rng_state(device), "interruptions": stops,
+                 "model": module.state_dict(), "optimizer": optimizer.state_dict(), "method": method.state_dict()}
+        state[network.DIGEST] = tree_digest(state)
+        network.write_torch(state_path, state, what="training state")
 
     if on_features:  # LP: the frozen backbone's features once, then the head alone trains on them
         features = _features(module, data, prep, device, schedule.precision, desc, show_progress)

@@ -15,7 +15,16 @@ from rib import grid as rib_grid  # noqa: E402
 from rib import methods as rib_methods  # noqa: E402
 from rib.data.suites import get_suite  # noqa: E402
 from rib.models.registry import get_model, model_slug  # noqa: E402
+from rib import verify as rib_verify  # noqa: E402
+from rib.runlock import claim as claim_run  # noqa: E402
 from rib.server import ENV as SERVER_ENV  # noqa: E402
+
+# A run killed with SIGKILL leaves Snakemake's lock behind; with no live run in this folder it is
+# removed here, so rerunning the same command just works (src/rib/runlock.py). Job processes
+# (SLURM job steps) read this file too but are not runs of their own.
+_RUN_CLAIM = claim_run() if workflow.is_main_process else None
+for _line in _RUN_CLAIM.messages() if _RUN_CLAIM else []:
+    print(_line, file=sys.stderr)
 
 # The params file is the single configuration: the one given with --configfile, else params.yaml.
 PARAMS_FILE = os.path.relpath(workflow.overwrite_configfiles[-1]) if workflow.overwrite_configfiles else "params.yaml"
@@ -25,6 +34,17 @@ except rib_config.ConfigError as err:
     raise WorkflowError(str(err)) from None
 
 SUITE = get_suite(PARAMS)
+
+# Outputs damaged since they were written (a truncated checkpoint or cache shard, a result file
+# that no longer matches its digest) are moved aside before the DAG is built, so this run rebuilds
+# them (src/rib/verify.py); a live run elsewhere in this folder may be writing, so not then.
+# Outputs moved aside (now, or by a job that met one) are targets of this run next to rule all's.
+REBUILD = []
+if workflow.is_main_process and not _RUN_CLAIM.live:
+    for _finding in rib_verify.sweep(".", SUITE.name, repair=True):
+        print(f"rib: damaged output: {_finding.line()}", file=sys.stderr)
+    REBUILD = rib_verify.to_rebuild(PARAMS)
+
 TRAIN_ENTRIES = rib_grid.train_entries(PARAMS)  # methods entries that train a checkpoint
 WEIGHT_ENTRIES = rib_grid.weight_entries(PARAMS)  # weight-space entries of the grid (no training)
 EVALS = rib_grid.eval_datasets(PARAMS)

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import DamagedFileError, FormatError
 from ..io import atomic_dir, read_json, sha256_file, write_json
 from ..models.registry import Preprocessing, prep_key
 from ..progress import progress
@@ -85,8 +86,9 @@ def build(prepared: PreparedDataset, prep: Preprocessing, out: str | Path, *, wo
                     shard.flush()
                     del shard
                     shard = None
-                    shards.append({"file": file.name, "rows": fill, "bytes": file.stat().st_size,
-                                   "sha256": sha256_file(file)})
+                    stat = file.stat()  # size and modification time: a change of either is checked
+                    shards.append({"file": file.name, "rows": fill, "bytes": stat.st_size,
+                                   "mtime_ns": stat.st_mtime_ns, "sha256": sha256_file(file)})
         info = {"format": FORMAT, "dataset": prepared.name, "manifest_sha256": prepared.info["manifest_sha256"],
                 "preprocessing": _pixels(prep), "key": prep_key(prep), "n": len(rows), "shard_size": shard_size,
                 "shards": shards}
@@ -103,6 +105,19 @@ class ImageCache:
         self.folder, self.info, self.shards = folder, info, shards
         self.shard_size = int(info["shard_size"])
         self.n = int(info["n"])
+        self._verified: set[int] = set()
+
+    def _verify(self, shard: int) -> None:
+        """Check a shard against its recorded digest the first time it is read (a damaged shard is
+        never used: the cache is moved aside and rebuilt)."""
+        if shard in self._verified:
+            return
+        entry = self.info["shards"][shard]
+        path = self.folder / entry["file"]
+        if sha256_file(path) != entry["sha256"]:
+            raise DamagedFileError(f"{path}: cache shard does not match the digest in info.json (altered or "
+                                   "damaged)", self.folder)
+        self._verified.add(shard)
 
     def read(self, positions: np.ndarray) -> torch.Tensor:
         """The images at ``positions`` (manifest row numbers), as one uint8 tensor (copied out)."""
@@ -113,6 +128,8 @@ class ImageCache:
         s = first // self.shard_size
         contiguous = last - first + 1 == len(positions) and last // self.shard_size == s and \
             bool(np.all(np.diff(positions) == 1))
+        for shard in np.unique(positions // self.shard_size):
+            self._verify(int(shard))
         if contiguous:  # evaluation: one slice of one shard
             o = first - s * self.shard_size
             return torch.from_numpy(np.array(self.shards[s][o:o + len(positions)]))
@@ -131,7 +148,10 @@ def open_cache(folder: str | Path, prepared: PreparedDataset, prep: Preprocessin
     info_path = folder / "info.json"
     if not info_path.exists():
         raise DataError(f"{folder}: not an image cache (no info.json); build it with `rib cache build`")
-    info = read_json(info_path)
+    try:
+        info = read_json(info_path)
+    except FormatError as err:
+        raise DamagedFileError(f"{err} (damaged cache)", folder) from None
     if info.get("format") != FORMAT:
         raise DataError(f"{info_path}: cache format {info.get('format')!r}, expected {FORMAT}; build it again")
     if info.get("dataset") != prepared.name or info.get("manifest_sha256") != prepared.info["manifest_sha256"]:
@@ -144,14 +164,15 @@ def open_cache(folder: str | Path, prepared: PreparedDataset, prep: Preprocessin
     for entry in info["shards"]:
         path = folder / entry["file"]
         if not path.exists() or path.stat().st_size != entry["bytes"]:
-            raise DataError(f"{path}: missing or truncated cache shard (expected {entry['bytes']} bytes); "
-                            "build the cache again")
+            raise DamagedFileError(f"{path}: missing or truncated cache shard (expected {entry['bytes']} bytes)",
+                                   folder)
         if verify and sha256_file(path) != entry["sha256"]:
-            raise DataError(f"{path}: cache shard digest does not match info.json; build the cache again")
+            raise DamagedFileError(f"{path}: cache shard does not match the digest in info.json (altered or "
+                                   "damaged)", folder)
         try:
             arr = np.load(path, mmap_mode="r")
         except ValueError as err:
-            raise DataError(f"{path}: not a readable cache shard ({err})") from None
+            raise DamagedFileError(f"{path}: not a readable cache shard ({err})", folder) from None
         if arr.dtype != np.uint8 or arr.shape != (entry["rows"], 3, size, size):
             raise DataError(f"{path}: shard of shape {arr.shape} {arr.dtype}, expected "
                             f"({entry['rows']}, 3, {size}, {size}) uint8")

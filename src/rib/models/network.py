@@ -14,11 +14,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import FormatError, MissingFileError, RibError
-from ..io import atomic_path
+from ..errors import DamagedFileError, FormatError, MissingFileError, RibError, out_of_memory
+from ..io import atomic_path, tree_digest, write_error
 from .registry import ModelSpec, Preprocessing
 
 FORMAT = "rib.checkpoint/1"
+DIGEST = "sha256"  # of everything else in the checkpoint, recorded when it is written
 
 
 def create(arch: str, arch_kwargs: dict, num_classes: int) -> nn.Module:
@@ -84,8 +85,20 @@ def save(path: str | os.PathLike, model: nn.Module, *, name: str, arch: str, arc
     }
     if wrapper is not None:
         payload["wrapper"] = wrapper
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    payload[DIGEST] = tree_digest(payload)
+    write_torch(path, payload, what="checkpoint")
+
+
+def write_torch(path: str | os.PathLike, payload: dict, what: str) -> None:
+    """``torch.save`` through a temporary file; a failed write (a full disk) is one clear error and
+    leaves the previous file at ``path`` as it was."""
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
+    except RibError as err:  # a full disk, from atomic_path
+        raise RibError(str(err).replace("could not write the file", f"could not write the {what}")) from None
+    except (OSError, RuntimeError) as err:  # torch's zip writer reports a full disk as a RuntimeError
+        raise write_error(path, what, err) from None
 
 
 def load(path: str | os.PathLike, map_location="cpu") -> Checkpoint:
@@ -101,10 +114,19 @@ def load(path: str | os.PathLike, map_location="cpu") -> Checkpoint:
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
+        if out_of_memory(err):
+            raise  # not the file's fault: reported as running out of memory
         first = (str(err).strip().splitlines() or [""])[0]
-        raise FormatError(f"{path}: not a readable rib checkpoint ({type(err).__name__}: {first})") from None
+        if isinstance(err, OSError) and not isinstance(err, EOFError):
+            raise RibError(f"{path}: could not read the checkpoint ({type(err).__name__}: {first})") from None
+        raise DamagedFileError(f"{path}: not a readable rib checkpoint, truncated or damaged "
+                               f"({type(err).__name__}: {first})", path) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise FormatError(f"{path}: not a rib checkpoint (expected format {FORMAT})")
+    recorded = payload.pop(DIGEST, None)  # checkpoints written before digests were recorded have none
+    if recorded is not None and tree_digest(payload) != recorded:
+        raise DamagedFileError(f"{path}: checkpoint does not match the digest recorded when it was written "
+                               "(altered or damaged)", path)
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in payload["arch_kwargs"].items()}
     model = create(payload["arch"], kwargs, len(payload["label_space"]))
     if payload.get("wrapper"):
