@@ -68,6 +68,8 @@ def kill_chains(base: Path, expected: dict, seeds: list[int], dvc: bool) -> None
                            + ("; rerun completed" if final.returncode == 0 else "; RERUN FAILED"))
             record(f"SIGKILL of the whole `{front}` run during {stage}", outcome, same)
         print(f"{front} seed {seed}: rerun rc {final.returncode}, identical {same}", flush=True)
+        if final.returncode != 0:
+            print(final.stdout[-2000:] + final.stderr[-3000:], flush=True)
 
 
 DAMAGE = {
@@ -151,14 +153,7 @@ def full_disk(base: Path, ref_ws: Path, rounds: int) -> None:
             shutil.copy(ref_ws / "checkpoints/rib-mini/mini_vit.narrow/ft/sketch/model.pt", disk / "model.pt")
             before = {p.name: p.read_bytes() for p in disk.rglob("*") if p.is_file()}
             free_left = rng.randrange(0, 96 * 1024)
-            with open(disk / "filler", "wb", buffering=0) as fh:
-                try:
-                    while True:
-                        fh.write(b"\0" * 4096)
-                except OSError:
-                    pass
-            filler = disk / "filler"
-            os.truncate(filler, max(0, filler.stat().st_size - free_left))
+            faults.fill_disk(disk, leave=free_left)
             for what, args in (
                 ("results", ["evaluate", ckpt, "data/rib-mini/prepared/source", "data/rib-mini/prepared/sketch",
                              "data/rib-mini/prepared/c", "--out-dir", str(disk / "results"), "-q"]),

@@ -51,7 +51,9 @@ def fault_params() -> dict:
     return params
 
 
-def make_workspace(path: Path, params: dict | None = None, dvc: bool = False) -> Path:
+def make_workspace(path: Path, params: dict | Path | None = None, dvc: bool = False) -> Path:
+    """A fresh copy of the workflow in ``path`` with ``params`` (a dict, or a params file to copy;
+    default: :func:`fault_params`) as its params.yaml; with ``dvc``, its dvc.yaml and a DVC repository."""
     path.mkdir(parents=True)
     for name in WORKFLOW_FILES:
         src = REPO / name
@@ -59,7 +61,10 @@ def make_workspace(path: Path, params: dict | None = None, dvc: bool = False) ->
             shutil.copytree(src, path / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         else:
             shutil.copy2(src, path / name)
-    (path / "params.yaml").write_text(yaml.safe_dump(params or fault_params(), sort_keys=False))
+    if isinstance(params, Path):
+        shutil.copy2(params, path / "params.yaml")
+    else:
+        (path / "params.yaml").write_text(yaml.safe_dump(params or fault_params(), sort_keys=False))
     if dvc:
         run([sys.executable, "-m", "rib", "dvc"], path)
         run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], path)
@@ -176,6 +181,19 @@ def final_results(ws: Path) -> dict:
              for p in sorted((ws / "results").rglob("*.json"))}
     tables = {name: (ws / "reports" / "rib-mini" / name).read_text() for name in REPORT_TABLES}
     return {"cells": cells, "tables": tables}
+
+
+def fill_disk(disk: Path, leave: int = 0) -> Path:
+    """Fill the file system of ``disk`` with one file, then give ``leave`` bytes back."""
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as fh:
+        try:
+            while True:
+                fh.write(b"\0" * 4096)
+        except OSError:  # ENOSPC: full
+            pass
+    os.truncate(filler, max(0, filler.stat().st_size - leave))
+    return filler
 
 
 # Damage to outputs: each function changes one file in place the way a fault would.

@@ -133,15 +133,6 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def _fill(disk: Path) -> None:
-    with open(disk / "filler", "wb", buffering=0) as fh:
-        try:
-            while True:
-                fh.write(b"\0" * 65536)
-        except OSError:
-            pass
-
-
 def test_a_full_disk_while_writing_results_and_checkpoints(in_tiny_suite, tiny_pretrained, small_disk, capsys):
     from rib.cli import main
     from rib.io import read_record, sha256_file
@@ -153,7 +144,7 @@ def test_a_full_disk_while_writing_results_and_checkpoints(in_tiny_suite, tiny_p
     before = {p.name: p.read_bytes() for p in out.glob("*.json")}
     shutil.copy(tiny_pretrained, small_disk / "model.pt")
     kept = sha256_file(small_disk / "model.pt")
-    _fill(small_disk)
+    faults.fill_disk(small_disk)
 
     capsys.readouterr()
     assert main(["evaluate", str(tiny_pretrained), *data, "--out-dir", str(out), "-q"]) == 2
@@ -289,3 +280,44 @@ def test_an_archive_escaping_its_folder_from_the_command_line(in_tiny_suite, tmp
     err = error_line(capsys.readouterr().err)
     assert f"{archive}: member 'sketch/../../../escaped.png' would be written outside the target folder" in err
     assert not (tmp_path / "raw").exists() and not list(tmp_path.rglob("escaped.png"))
+
+
+CLAIMANT = """
+import os, subprocess, sys, time
+from rib.runlock import claim
+claim(".")  # as the Snakefile does in a Snakemake run
+job = subprocess.Popen([sys.executable, "-c", "import time; from rib.runlock import join_run; join_run(); "
+                        "print('joined', flush=True); time.sleep(120)"], stdout=subprocess.PIPE, text=True)
+job.stdout.readline()
+print(job.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_killed_run_counts_as_alive_while_one_of_its_jobs_is(tmp_path):
+    import signal
+
+    from rib.runlock import claim
+
+    run = subprocess.Popen([sys.executable, "-c", CLAIMANT], cwd=tmp_path, env=rib_env(), stdout=subprocess.PIPE,
+                           text=True)
+    job = int(run.stdout.readline())
+    locks = tmp_path / ".snakemake" / "locks"
+    locks.mkdir(parents=True)
+    (locks / "0.output.lock").write_text("results/x.json\n")  # the run's Snakemake lock
+    try:
+        os.kill(run.pid, signal.SIGKILL)  # Snakemake is killed, its job goes on
+        run.wait()
+        found = subprocess.run([sys.executable, "-c", "from rib.runlock import claim; print(claim('.').messages())"],
+                               cwd=tmp_path, env=rib_env(), text=True, capture_output=True).stdout
+        assert "jobs of a Snakemake run that was killed" in found and (locks / "0.output.lock").exists()
+    finally:
+        os.kill(job, signal.SIGKILL)
+    time.sleep(0.2)
+    os.chdir(tmp_path)
+    try:
+        result = claim(".")  # now the run and its jobs are all gone
+    finally:
+        os.chdir(Path(__file__).parent)
+    assert not result.live and result.removed_locks == [str(tmp_path / ".snakemake/locks/0.output.lock")]
+    assert not (locks / "0.output.lock").exists()

@@ -22,19 +22,9 @@ from tests.conftest import REPO, TINY_PARAMS, job_counts, rib_env, run_rib
 
 pytestmark = pytest.mark.e2e
 
-WORKFLOW_FILES = ["Snakefile", "dvc.yaml", "workflow", "profiles", "src"]
-
 
 def make_workspace(path: Path) -> Path:
-    path.mkdir(parents=True)
-    for name in WORKFLOW_FILES:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, path / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        else:
-            shutil.copy2(src, path / name)
-    shutil.copy2(TINY_PARAMS, path / "params.yaml")
-    return path
+    return faults.make_workspace(path, TINY_PARAMS)
 
 
 def run(cmd: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -57,13 +57,16 @@ def _same(a: dict, b: dict) -> bool:
 
 
 @pytest.mark.parametrize("method", ["ft", "lp"])
-def test_resume_after_stop_gives_the_same_weights(in_tiny_suite, tiny_pretrained, tmp_path, method):
+def test_resume_after_stop_gives_the_same_weights(in_tiny_suite, tiny_pretrained, tmp_path, method, caplog):
     unbroken = _fit(tiny_pretrained, method, tmp_path / "a.pt")
     with pytest.raises(TrainingStopped):
         _fit(tiny_pretrained, method, tmp_path / "b.pt", stop=1)
     saved = torch.load(tmp_path / "b.pt", weights_only=True)
     assert saved["epoch"] == 1
-    resumed = _fit(tiny_pretrained, method, tmp_path / "b.pt")
+    caplog.clear()
+    with caplog.at_level("INFO", logger="rib.train"):
+        resumed = _fit(tiny_pretrained, method, tmp_path / "b.pt")
+    assert "at epoch 2 of" in caplog.text  # it did resume (a silent restart would end the same)
     assert _same(unbroken, resumed)
 
 
@@ -78,14 +81,27 @@ def test_a_final_batch_of_one_image_is_dropped(in_tiny_suite, tiny_pretrained, t
     assert history[0]["train_top1"] >= 0
 
 
-def test_state_from_other_settings_is_not_resumed(in_tiny_suite, tiny_pretrained, tmp_path):
-    with pytest.raises(TrainingStopped):
-        _fit(tiny_pretrained, "ft", tmp_path / "s.pt", stop=1)
-    state = torch.load(tmp_path / "s.pt", weights_only=True)
-    state["fingerprint"] = "other settings"
-    torch.save(state, tmp_path / "s.pt")
+def test_state_from_other_settings_or_damaged_is_not_resumed(in_tiny_suite, tiny_pretrained, tmp_path, caplog):
+    from rib.io import tree_digest
+    from rib.models.network import DIGEST
+
     fresh = _fit(tiny_pretrained, "ft", tmp_path / "fresh.pt")
-    assert _same(fresh, _fit(tiny_pretrained, "ft", tmp_path / "s.pt"))
+    for change, said in (("fingerprint", "training state is from other settings"),
+                         ("weights", "training state does not match its recorded digest")):
+        with pytest.raises(TrainingStopped):
+            _fit(tiny_pretrained, "ft", tmp_path / f"{change}.pt", stop=1)
+        state = torch.load(tmp_path / f"{change}.pt", weights_only=True)
+        recorded = state.pop(DIGEST)
+        if change == "fingerprint":
+            state["fingerprint"] = "other settings"
+            state[DIGEST] = tree_digest(state)  # a consistent state file, of other settings
+        else:
+            next(iter(state["model"].values())).view(-1)[0] += 1.0  # one weight changed on disk
+            state[DIGEST] = recorded
+        torch.save(state, tmp_path / f"{change}.pt")
+        caplog.clear()
+        assert _same(fresh, _fit(tiny_pretrained, "ft", tmp_path / f"{change}.pt"))
+        assert said in caplog.text
 
 
 def test_linear_probing_on_features_matches_the_backbone_forward(in_tiny_suite, tiny_pretrained, tmp_path,

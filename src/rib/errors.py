@@ -56,7 +56,9 @@ def out_of_memory(err: BaseException) -> str | None:
     if isinstance(err, RuntimeError) and ("CUDA out of memory" in text or "CUDA error: out of memory" in text
                                           or "CUBLAS_STATUS_ALLOC_FAILED" in text):
         return "GPU"
-    if isinstance(err, RuntimeError) and "DataLoader worker" in text and "killed by signal" in text:
+    if isinstance(err, RuntimeError) and "DataLoader worker" in text and "killed by signal: Killed" in text:
+        return "CPU"  # SIGKILL from the kernel's OOM killer (a segfault or bus error is another matter)
+    if (isinstance(err, OSError) and err.errno == 12) or text == "can't start new thread":  # ENOMEM
         return "CPU"
     return None
 

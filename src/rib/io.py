@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -123,6 +124,8 @@ def read_json(path: str | os.PathLike) -> Any:
         raise MissingFileError(f"{path}: file not found") from None
     except json.JSONDecodeError as err:
         raise FormatError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    except UnicodeDecodeError as err:
+        raise FormatError(f"{path}: not valid JSON (not UTF-8 text at byte {err.start})") from None
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -158,11 +161,17 @@ def _update(h, obj) -> None:
         for item in obj:
             _update(h, item)
         h.update(b"]")
-    elif type(obj).__module__ == "torch" and type(obj).__name__ in ("Tensor", "Parameter"):
+    elif isinstance(obj, (set, frozenset)):
+        h.update(b"(")
+        for item in sorted(obj, key=repr):
+            _update(h, item)
+        h.update(b")")
+    elif "torch" in sys.modules and isinstance(obj, sys.modules["torch"].Tensor):  # Parameters too
+        torch = sys.modules["torch"]
         t = obj.detach().cpu().contiguous()
         h.update(f"tensor:{t.dtype}:{tuple(t.shape)}:".encode())
         if t.numel():
-            h.update(t.reshape(-1).view(__import__("torch").uint8).numpy().data)
+            h.update(t.reshape(-1).view(torch.uint8).numpy().data)
     elif isinstance(obj, np.ndarray):
         a = np.ascontiguousarray(obj)
         h.update(f"array:{a.dtype}:{a.shape}:".encode())
@@ -200,8 +209,10 @@ def read_record(path: str | os.PathLike) -> dict:
         raise
     except FormatError as err:
         raise DamagedFileError(f"{err}: damaged result file", path) from None
-    if not isinstance(record, dict) or DIGEST_KEY not in record:
-        raise DamagedFileError(f"{path}: result file without its {DIGEST_KEY}: not written by rib, or damaged", path)
+    if not isinstance(record, dict):
+        raise DamagedFileError(f"{path}: result file that is not a JSON object", path)
+    if DIGEST_KEY not in record:  # written before records carried digests: nothing to check it against
+        return record
     if record_digest(record) != record[DIGEST_KEY]:
         raise DamagedFileError(f"{path}: result file does not match the digest recorded when it was written "
                                "(altered or damaged)", path)

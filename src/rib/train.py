@@ -107,8 +107,11 @@ def _load_state(state_path: Path, expected: str) -> dict | None:
     except Exception as err:  # a damaged state file is not trusted; training restarts
         log.warning("%s: unreadable training state (%s); starting from the beginning", state_path, err)
         return None
-    recorded = state.pop(network.DIGEST, None) if isinstance(state, dict) else None
-    if recorded is None or tree_digest(state) != recorded:
+    if not isinstance(state, dict):
+        log.warning("%s: not a training state; starting from the beginning", state_path)
+        return None
+    recorded = state.pop(network.DIGEST, None)  # states saved before digests were recorded have none
+    if recorded is not None and tree_digest(state) != recorded:
         log.warning("%s: training state does not match its recorded digest (damaged); starting from the beginning",
                     state_path)
         return None

@@ -70,17 +70,23 @@ def check_checkpoint(path: Path, full: bool) -> str | None:
         with zipfile.ZipFile(path) as archive:
             if not any(name.endswith("data.pkl") for name in archive.namelist()):
                 return f"{path}: not a torch checkpoint (no data.pkl)"
-    except (zipfile.BadZipFile, OSError) as err:
+    except zipfile.BadZipFile as err:
         return f"{path}: truncated or damaged checkpoint ({err})"
+    except OSError as err:  # unreadable here (permissions, I/O): not evidence of damage
+        log.warning("%s: could not be checked (%s)", path, err)
+        return None
     if full:
         import torch
 
+        from .errors import out_of_memory
         from .io import tree_digest
-        from .models.network import DIGEST
+        from .models.network import DIGEST, looks_damaged
 
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # any unpickling failure means the file cannot be used
+        except Exception as err:
+            if out_of_memory(err) or not looks_damaged(err):
+                raise
             return f"{path}: unreadable checkpoint ({type(err).__name__})"
         recorded = payload.pop(DIGEST, None) if isinstance(payload, dict) else None
         if recorded is not None and tree_digest(payload) != recorded:
@@ -91,9 +97,15 @@ def check_checkpoint(path: Path, full: bool) -> str | None:
 def check_cache(folder: Path, full: bool) -> str | None:
     try:
         info = read_json(folder / "info.json")
+        return _check_shards(folder, info, full)
     except RibError as err:
         return f"{folder}: damaged image cache ({err})"
-    for entry in info.get("shards", []):
+    except (KeyError, TypeError, AttributeError) as err:
+        return f"{folder}/info.json: damaged image cache description ({type(err).__name__}: {err})"
+
+
+def _check_shards(folder: Path, info: dict, full: bool) -> str | None:
+    for entry in info["shards"]:
         path = folder / entry["file"]
         stat = path.stat() if path.exists() else None
         if stat is None or stat.st_size != entry["bytes"]:
@@ -154,8 +166,10 @@ def to_rebuild(params: dict, root: str | os.PathLike = ".") -> list[str]:
 
 def handle_damaged(err: DamagedFileError, root: str | os.PathLike = ".") -> str:
     """The one-line message for a damaged input met by a command; an output of the pipeline is moved aside."""
-    path = Path(err.path)
-    if path.exists() and is_output(path, root):
-        aside = quarantine(path)
-        return f"{err}; moved aside to {aside}: run the pipeline again to rebuild it"
-    return f"{err}; rebuild or replace it"
+    if err.path is None or not is_output(err.path, root):
+        return f"{err}; rebuild or replace it"
+    try:
+        aside = quarantine(err.path)
+    except FileNotFoundError:  # another job met it first and moved it
+        return f"{err}; already moved aside: run the pipeline again to rebuild it"
+    return f"{err}; moved aside to {aside}: run the pipeline again to rebuild it"

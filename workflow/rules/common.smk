@@ -39,10 +39,18 @@ SUITE = get_suite(PARAMS)
 # that no longer matches its digest) are moved aside before the DAG is built, so this run rebuilds
 # them (src/rib/verify.py); a live run elsewhere in this folder may be writing, so not then.
 # Outputs moved aside (now, or by a job that met one) are targets of this run next to rule all's.
+# A command that runs no job (a dry run, --summary, --lint, --unlock, ...) only reports them.
+_NO_JOBS = {"--dry-run", "--dryrun", "--summary", "-S", "--detailed-summary", "-D", "--lint", "--dag", "--d3dag",
+            "--rulegraph", "--filegraph", "--report", "--unlock", "--containerize", "--cleanup-metadata",
+            "--delete-all-output", "--delete-temp-output", "--archive", "--generate-unit-tests", "-l", "--lt",
+            "--lc", "--li", "--lp", "--lu", "--cm"}
+_RUNS_JOBS = not any(a in _NO_JOBS or a.startswith("--list") or re.fullmatch(r"-[A-Za-z]*n[A-Za-z]*", a)
+                     for a in sys.argv[1:])
 REBUILD = []
-if workflow.is_main_process and not _RUN_CLAIM.live:
-    for _finding in rib_verify.sweep(".", SUITE.name, repair=True):
-        print(f"rib: damaged output: {_finding.line()}", file=sys.stderr)
+if workflow.is_main_process and not _RUN_CLAIM.live and not _RUN_CLAIM.problem:
+    for _finding in rib_verify.sweep(".", SUITE.name, repair=_RUNS_JOBS):
+        print(f"rib: damaged output: {_finding.line()}" + ("" if _RUNS_JOBS else " (left in place: no job runs)"),
+              file=sys.stderr)
     REBUILD = rib_verify.to_rebuild(PARAMS)
 
 TRAIN_ENTRIES = rib_grid.train_entries(PARAMS)  # methods entries that train a checkpoint

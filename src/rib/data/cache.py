@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -78,6 +79,8 @@ def build(prepared: PreparedDataset, prep: Preprocessing, out: str | Path, *, wo
                     k = min(shard_size, len(rows) - done)
                     file = tmp / f"shard-{len(shards):05d}.npy"
                     shard = np.lib.format.open_memmap(file, mode="w+", dtype=np.uint8, shape=(k, 3, size, size))
+                    with open(file, "r+b") as fh:  # take the space now: a full disk is an error here,
+                        os.posix_fallocate(fh.fileno(), 0, file.stat().st_size)  # not a SIGBUS later
                     fill = 0
                 take = min(len(images) - start, len(shard) - fill)
                 shard[fill:fill + take] = images[start:start + take]

@@ -101,6 +101,26 @@ def write_torch(path: str | os.PathLike, payload: dict, what: str) -> None:
         raise write_error(path, what, err) from None
 
 
+DAMAGE_SIGNS = ("failed finding central directory", "failed reading zip archive", "invalid header or archive is "
+                "corrupted", "unexpected EOF", "truncated", "CRC")
+
+
+def looks_damaged(err: Exception) -> bool:
+    """Does an error of ``torch.load`` say the file's bytes are cut short or garbled (as opposed to an
+    I/O error, a permission, or a file written by another version)?"""
+    import pickle
+    import zipfile
+
+    text = str(err)
+    if isinstance(err, OSError):
+        return False
+    if isinstance(err, (EOFError, zipfile.BadZipFile)):
+        return True
+    if isinstance(err, pickle.UnpicklingError):
+        return "Weights only load failed" not in text
+    return any(sign in text for sign in DAMAGE_SIGNS) and "file read failed" not in text
+
+
 def load(path: str | os.PathLike, map_location="cpu") -> Checkpoint:
     path = Path(path)
     if not path.exists():
@@ -117,8 +137,8 @@ def load(path: str | os.PathLike, map_location="cpu") -> Checkpoint:
         if out_of_memory(err):
             raise  # not the file's fault: reported as running out of memory
         first = (str(err).strip().splitlines() or [""])[0]
-        if isinstance(err, OSError) and not isinstance(err, EOFError):
-            raise RibError(f"{path}: could not read the checkpoint ({type(err).__name__}: {first})") from None
+        if not looks_damaged(err):  # an I/O error, a file of another torch version, not a checkpoint at all
+            raise FormatError(f"{path}: not a readable rib checkpoint ({type(err).__name__}: {first})") from None
         raise DamagedFileError(f"{path}: not a readable rib checkpoint, truncated or damaged "
                                f"({type(err).__name__}: {first})", path) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
