@@ -173,8 +173,11 @@ from rib import cli
 with open("/proc/self/statm") as fh:
     used = int(fh.read().split()[0]) * resource.getpagesize()
 cap = used + int(sys.argv[1]) * 2**20
-resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-sys.exit(cli.main(sys.argv[2:]))
+_, hard = resource.getrlimit(resource.RLIMIT_AS)
+resource.setrlimit(resource.RLIMIT_AS, (cap, hard))  # the soft limit: memory runs out during the command
+code = cli.main(sys.argv[2:])
+resource.setrlimit(resource.RLIMIT_AS, (hard, hard))  # and is back at exit (torch's exit hooks allocate)
+sys.exit(code)
 """
 
 

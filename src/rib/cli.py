@@ -828,6 +828,15 @@ def cmd_serve(args, params) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except MemoryError:  # so little memory left that even the message could not be composed
+        sys.stderr.write("rib: error: ran out of CPU memory: lower train.batch_size or evaluate.batch_size, or set "
+                         "runtime.preload: false\n")
+        return 2
+
+
+def _main(argv: list[str] | None) -> int:
     from .progress import setup_logging
 
     args = build_parser().parse_args(argv)
