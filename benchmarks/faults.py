@@ -53,7 +53,7 @@ def kill_chains(base: Path, expected: dict, seeds: list[int], dvc: bool) -> None
         ws = faults.make_workspace(base / f"{'dvc' if dvc else 'sm'}-kill-{seed}", dvc=dvc)
         rng = random.Random(seed)
         kills = []
-        for stage, max_delay in (("prepare", 0.5), ("finetune", 1.0), ("evaluate", 0.5), ("aggregate", 0.8)):
+        for stage, max_delay in (("prepare", 0.5), ("finetune", 0.1), ("evaluate", 0.5), ("aggregate", 0.8)):
             kill = faults.kill_during(ws, cmd, stage, rng, max_delay)
             problems = faults.outputs_left_are_valid(ws)
             kills.append((stage, kill, problems))

@@ -37,6 +37,9 @@ STAGES = {
     "evaluate": r"(-m |/)rib (evaluate|combine)\b",
     "aggregate": r"(-m |/)rib (aggregate|figures)\b",
 }
+# Fine-tuning a tiny model takes a fraction of a second; to land inside training rather than in its
+# start-up, a kill aimed at it waits until the job's resume state exists (an epoch is done).
+TRIGGERS = {"finetune": ("checkpoints/*/*/*/*/state.pt", "models/*/*/state.pt")}
 REPORT_TABLES = ("cells.csv", "metrics.csv", "summary.csv", "ri_matrix.csv")
 
 
@@ -151,6 +154,11 @@ def kill_during(ws: Path, cmd: list[str], stage: str, rng: random.Random, max_de
             proc.wait(timeout=max(1, deadline - time.time()))
             record.finished_first = True
             return record
+        before = {p for pattern in TRIGGERS.get(stage, ()) for p in ws.glob(pattern)}
+        while stage in TRIGGERS and target in processes_in(ws):
+            if {p for pattern in TRIGGERS[stage] for p in ws.glob(pattern)} - before:
+                break
+            time.sleep(0.01)
         record.delay = rng.uniform(0, max_delay)
         time.sleep(record.delay)
         record.hit = target in processes_in(ws)

@@ -53,6 +53,8 @@ def out_of_memory(err: BaseException) -> str | None:
         return "GPU"
     if isinstance(err, MemoryError) or "DefaultCPUAllocator: can't allocate memory" in text:
         return "CPU"
+    if isinstance(err, RuntimeError) and text == "could not create a primitive":  # oneDNN (CPU convolutions)
+        return "CPU"  # failing to allocate its workspace
     if isinstance(err, RuntimeError) and ("CUDA out of memory" in text or "CUDA error: out of memory" in text
                                           or "CUBLAS_STATUS_ALLOC_FAILED" in text):
         return "GPU"
