@@ -21,7 +21,7 @@ from .data.cache import find as find_cache
 from .data.labels import LabelProjection
 from .data.loading import batches, normalize, open_dataset
 from .data.manifest import PreparedDataset, Row
-from .errors import RibError, memory_error, out_of_memory
+from .errors import memory_error, out_of_memory
 from .metrics import corruption_accuracy
 from .models.registry import Preprocessing
 from .progress import progress

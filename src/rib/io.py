@@ -48,8 +48,9 @@ def remove_leftovers(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path to write; on success it replaces ``path``, on error it is removed."""
+def atomic_path(path: str | os.PathLike, what: str = "file") -> Iterator[Path]:
+    """Yield a temporary path to write; on success it replaces ``path``, on error it is removed
+    (``what`` names the file in the error of a full disk)."""
     path = Path(path)
     tmp = _tmp_sibling(path, path.suffix)
     try:
@@ -59,7 +60,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     except OSError as err:
         if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            raise write_error(path, "file", err) from None
+            raise write_error(path, what, err) from None
         raise
     finally:
         if tmp.exists():

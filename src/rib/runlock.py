@@ -59,7 +59,7 @@ class Claim:
             if run.get("other_host"):
                 lines.append(f"rib: a Snakemake run on another host claims this folder ({who}); if it is gone, delete "
                              f"{run['file']} so that its lock can be removed")
-            elif not _alive(run.get("pid")):
+            elif not process_alive(run.get("pid")):
                 lines.append(f"rib: jobs of a Snakemake run that was killed ({who}) are still running in this folder; "
                              "wait for them to end (or stop them) before running again")
             else:
@@ -68,7 +68,8 @@ class Claim:
         return lines
 
 
-def _alive(pid) -> bool:
+def process_alive(pid) -> bool:
+    """Is there a process ``pid`` on this host (whoever owns it)?"""
     try:
         os.kill(int(pid), 0)
     except (ProcessLookupError, TypeError, ValueError):

@@ -32,6 +32,8 @@ import threading
 import time
 from pathlib import Path
 
+from .runlock import process_alive
+
 log = logging.getLogger("rib.server")
 
 ENV = "RIB_SERVER"
@@ -219,7 +221,7 @@ def serve(path: str, idle_timeout: float = 300.0, parent: int | None = None) -> 
                 if done:
                     children.discard(pid)
                     last = time.time()
-            if parent and not _alive(parent) and not children:
+            if parent and not process_alive(parent) and not children:
                 break
             if not children and time.time() - last > idle_timeout:
                 break
@@ -261,13 +263,3 @@ def serve(path: str, idle_timeout: float = 300.0, parent: int | None = None) -> 
         except ChildProcessError:
             pass
     return 0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

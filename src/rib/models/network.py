@@ -93,11 +93,9 @@ def write_torch(path: str | os.PathLike, payload: dict, what: str) -> None:
     """``torch.save`` through a temporary file; a failed write (a full disk) is one clear error and
     leaves the previous file at ``path`` as it was."""
     try:
-        with atomic_path(path) as tmp:
+        with atomic_path(path, what) as tmp:
             torch.save(payload, tmp)
-    except RibError as err:  # a full disk, from atomic_path
-        raise RibError(str(err).replace("could not write the file", f"could not write the {what}")) from None
-    except (OSError, RuntimeError) as err:  # torch's zip writer reports a full disk as a RuntimeError
+    except RuntimeError as err:  # torch's zip writer reports a full disk as a RuntimeError
         raise write_error(path, what, err) from None
 
 
