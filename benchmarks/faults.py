@@ -225,7 +225,7 @@ BAD_INPUT_TESTS = {
         "tests/test_config.py",
     "datasets: missing/empty/unexpected class folder, corrupt image, wrong layout, manifest digest":
         "tests/test_data.py tests/test_faults.py::test_a_dataset_folder_of_the_wrong_layout",
-    "archives escaping the target (tar and zip: ../, absolute, symlink, hard link, device)":
+    "archives escaping the target (tar and zip: ../, absolute, symlink, hard link, special file)":
         "tests/test_real_data.py -k refused",
     "downloads: wrong checksum, failing mirrors, wrong archive, missing manual dataset":
         "tests/test_real_data.py -k 'checksum or mirrors or wrong_archive or manual'",
