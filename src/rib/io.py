@@ -22,6 +22,7 @@ from typing import Any
 from .errors import DamagedFileError, FormatError, MissingFileError, RibError
 
 DIGEST_KEY = "record_sha256"  # the digest a result record carries of its own content
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a write that failed for want of space
 
 
 def _tmp_sibling(path: Path, suffix: str = "") -> Path:
@@ -59,7 +60,7 @@ def atomic_path(path: str | os.PathLike, what: str = "file") -> Iterator[Path]:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except OSError as err:
-        if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        if err.errno in DISK_FULL:
             raise write_error(path, what, err) from None
         raise
     finally:
@@ -76,7 +77,7 @@ def write_error(path: str | os.PathLike, what: str, err: Exception) -> RibError:
         free = shutil.disk_usage(folder).free
     except OSError:
         free = None
-    full = getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or (free is not None and free < (1 << 20))
+    full = getattr(err, "errno", None) in DISK_FULL or (free is not None and free < (1 << 20))
     hint = (f"; the disk holding {folder} is full ({free / 2**20:.1f} MiB free): free some space or write the "
             "outputs elsewhere" if full and free is not None else "")
     kept = "; the previous file is kept unchanged" if Path(path).exists() else ""
@@ -100,7 +101,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         else:
             os.replace(tmp, path)
     except OSError as err:
-        if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        if err.errno in DISK_FULL:
             raise write_error(path, "folder", err) from None
         raise
     finally:

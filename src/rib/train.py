@@ -33,7 +33,6 @@ from torch import nn
 from .data.labels import LabelProjection
 from .data.loading import ImageDataset, InMemoryDataset, batches, normalize
 from .errors import TrainingInterrupted, TrainingStopped
-from .io import tree_digest
 from .methods.base import Method, TrainContext
 from .models import network
 from .models.registry import Preprocessing
@@ -110,8 +109,7 @@ def _load_state(state_path: Path, expected: str) -> dict | None:
     if not isinstance(state, dict):
         log.warning("%s: not a training state; starting from the beginning", state_path)
         return None
-    recorded = state.pop(network.DIGEST, None)  # states saved before digests were recorded have none
-    if recorded is not None and tree_digest(state) != recorded:
+    if not network.digest_matches(state):
         log.warning("%s: training state does not match its recorded digest (damaged); starting from the beginning",
                     state_path)
         return None
@@ -250,7 +248,6 @@ def fit(model: nn.Module, method: Method, data: ImageDataset | InMemoryDataset, 
         state = {"fingerprint": run_fp, "epoch": epoch, "batch": batch, "step": step, "history": history,
                  "partial": partial_stats, "rng": _rng_state(device), "interruptions": stops,
                  "model": module.state_dict(), "optimizer": optimizer.state_dict(), "method": method.state_dict()}
-        state[network.DIGEST] = tree_digest(state)
         network.write_torch(state_path, state, what="training state")
 
     if on_features:  # LP: the frozen backbone's features once, then the head alone trains on them

@@ -79,8 +79,7 @@ def check_checkpoint(path: Path, full: bool) -> str | None:
         import torch
 
         from .errors import out_of_memory
-        from .io import tree_digest
-        from .models.network import DIGEST, looks_damaged
+        from .models.network import digest_matches, looks_damaged
 
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -88,8 +87,7 @@ def check_checkpoint(path: Path, full: bool) -> str | None:
             if out_of_memory(err) or not looks_damaged(err):
                 raise
             return f"{path}: unreadable checkpoint ({type(err).__name__})"
-        recorded = payload.pop(DIGEST, None) if isinstance(payload, dict) else None
-        if recorded is not None and tree_digest(payload) != recorded:
+        if isinstance(payload, dict) and not digest_matches(payload):
             return f"{path}: checkpoint does not match the digest recorded when it was written"
     return None
 

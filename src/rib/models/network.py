@@ -85,13 +85,13 @@ def save(path: str | os.PathLike, model: nn.Module, *, name: str, arch: str, arc
     }
     if wrapper is not None:
         payload["wrapper"] = wrapper
-    payload[DIGEST] = tree_digest(payload)
     write_torch(path, payload, what="checkpoint")
 
 
 def write_torch(path: str | os.PathLike, payload: dict, what: str) -> None:
-    """``torch.save`` through a temporary file; a failed write (a full disk) is one clear error and
-    leaves the previous file at ``path`` as it was."""
+    """``torch.save`` of ``payload`` and its digest (:data:`DIGEST`) through a temporary file; a
+    failed write (a full disk) is one clear error and leaves the previous file at ``path`` as it was."""
+    payload = {**payload, DIGEST: tree_digest(payload)}
     try:
         with atomic_path(path, what) as tmp:
             torch.save(payload, tmp)
@@ -101,6 +101,13 @@ def write_torch(path: str | os.PathLike, payload: dict, what: str) -> None:
 
 DAMAGE_SIGNS = ("failed finding central directory", "failed reading zip archive", "invalid header or archive is "
                 "corrupted", "unexpected EOF", "truncated", "CRC")
+
+
+def digest_matches(payload: dict) -> bool:
+    """Take the recorded digest out of a loaded ``payload`` and check it against the rest (files
+    written before digests were recorded have none and pass)."""
+    recorded = payload.pop(DIGEST, None)
+    return recorded is None or tree_digest(payload) == recorded
 
 
 def looks_damaged(err: Exception) -> bool:
@@ -141,8 +148,7 @@ def load(path: str | os.PathLike, map_location="cpu") -> Checkpoint:
                                f"({type(err).__name__}: {first})", path) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise FormatError(f"{path}: not a rib checkpoint (expected format {FORMAT})")
-    recorded = payload.pop(DIGEST, None)  # checkpoints written before digests were recorded have none
-    if recorded is not None and tree_digest(payload) != recorded:
+    if not digest_matches(payload):
         raise DamagedFileError(f"{path}: checkpoint does not match the digest recorded when it was written "
                                "(altered or damaged)", path)
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in payload["arch_kwargs"].items()}
