@@ -125,7 +125,8 @@ def concurrent_runs(base: Path, ref_ws: Path, expected: dict, rounds: int) -> No
             while not any("rib finetune" in c for c in faults.processes_in(ws).values()):
                 time.sleep(0.05)
             time.sleep(random.Random(r).uniform(0, 1.5))
-            second = faults.run(faults.snakemake_cmd(), ws, check=False)
+            with faults.paused(ws):  # the first run is alive while the second starts, however slowly
+                second = faults.run(faults.snakemake_cmd(), ws, check=False)
             rc = first.wait()
         said = second.stdout + second.stderr
         refused = second.returncode != 0 and f"(pid {first.pid}" in said and "LockException" in said

@@ -10,6 +10,7 @@ its forks) gets SIGKILL, so nothing can clean up after itself.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -123,6 +124,23 @@ def kill_all(ws: Path) -> list[str]:
                 pass
         time.sleep(0.1)
     return killed
+
+
+@contextlib.contextmanager
+def paused(ws: Path):
+    """SIGSTOP everything working in ``ws`` for the duration, then SIGCONT it: a run that is
+    certainly alive (however slowly another command starts) and none the worse afterwards."""
+    stopped = list(processes_in(ws))
+    for pid in stopped:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield stopped
+    finally:
+        for pid in stopped:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
 
 
 @dataclass

@@ -110,7 +110,8 @@ def test_a_second_run_in_the_same_folder_refuses_and_the_first_is_unharmed(refer
         deadline = time.time() + 120
         while time.time() < deadline and not any("rib finetune" in c for c in faults.processes_in(ws).values()):
             time.sleep(0.05)
-        second = faults.run(faults.snakemake_cmd(), ws, check=False)
+        with faults.paused(ws):  # the first run is alive while the second starts, however slowly
+            second = faults.run(faults.snakemake_cmd(), ws, check=False)
         assert first.wait(timeout=600) == 0
     assert second.returncode != 0
     said = second.stdout + second.stderr
