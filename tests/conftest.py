@@ -74,7 +74,8 @@ def tiny_suite(tmp_path_factory) -> tuple[Path, dict]:
             raw = grid.data_dir(params, name, "raw")
             generate(params, name, raw, show_progress=False)
             prepare(suite.dataset(name), raw, grid.data_dir(params, name), label_space=suite.label_space,
-                    fraction=params["split"]["heldout_fraction"], seed=params["split"]["seed"], show_progress=False)
+                    fraction=params["split"]["heldout_fraction"], seed=params["split"]["seed"],
+                    by_photo=params["split"]["leak_free"], show_progress=False)
     finally:
         os.chdir(cwd)
     return root, params

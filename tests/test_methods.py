@@ -23,7 +23,7 @@ from rib.models import network
 from rib.train import Schedule, fit
 
 CPU = torch.device("cpu")
-TRAIN_METHODS = ["ft", "lp", "lora", "visual_prompt", "ewc", "l2sp", "lwf", "mas"]
+TRAIN_METHODS = ["ft", "lp", "linear_probe", "lora", "visual_prompt", "ewc", "ewc_fisher", "l2sp", "lwf", "mas"]
 
 
 def _reference(prep):
@@ -69,7 +69,7 @@ def test_every_method_resumes_to_the_same_weights(in_tiny_suite, tiny_vit, tmp_p
         _train(params, tiny_vit, entry, tmp_path / "b.pt", stop=1)
     saved = torch.load(tmp_path / "b.pt", weights_only=True)
     assert saved["epoch"] == 1
-    if entry in ("ewc", "mas"):  # the importance weights travel in the state; resuming does not re-estimate
+    if entry in ("ewc_fisher", "mas"):  # the importance weights travel in the state; resuming does not re-estimate
         assert saved["method"]["importance"]
         cfg = _config(params, entry)
         method = get_method(cfg["method"], cfg)
@@ -114,13 +114,62 @@ def test_lora_leaves_the_base_untouched_and_merges_to_base_plus_low_rank(in_tiny
     assert torch.allclose(merged_sd["blocks.0.attn.qkv.weight"], expected, atol=1e-6)
     assert torch.equal(merged_sd["blocks.0.attn.qkv.weight"][d:2 * d], base[d:2 * d])  # k untouched
 
-    # A real run: every base weight (and the head) is unchanged; only q and v rows of qkv moved.
+    # A real run: inside the blocks only the q and v rows of qkv moved; the patch embedding and the
+    # head are frozen; what lies outside the blocks trains (the reference code's LoRA).
     final, _, _ = _train(params, tiny_vit, "lora", tmp_path / "s.pt")
     after = final.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
-    assert changed and all(k.endswith("attn.qkv.weight") for k in changed)
-    for k in changed:
+    in_blocks = {k for k in changed if k.startswith("blocks.")}
+    assert in_blocks and all(k.endswith("attn.qkv.weight") for k in in_blocks)
+    for k in in_blocks:
         assert torch.equal(before[k][d:2 * d], after[k][d:2 * d])
+    assert not any(k.startswith(("patch_embed.", "head.")) for k in changed)
+    assert changed - in_blocks, "nothing outside the blocks trained"
+
+
+def _reference_vit():
+    """A small timm ViT with a class token, the layout of ViT-B/16 (patch embedding, fused qkv)."""
+    return network.create("vit_tiny_patch16_224", {"img_size": 32, "patch_size": 8, "depth": 2,
+                                                    "embed_dim": 48, "num_heads": 3}, 10)
+
+
+def _trainable(method, model, prep=None):
+    module = method.setup(model, TrainContext(device=CPU, seed=0, prep=prep))
+    trained = {id(p) for p in method.trainable_parameters(module)}
+    names = {n for n, p in module.named_parameters() if id(p) in trained}
+    assert names == {n for n, p in module.named_parameters() if p.requires_grad}
+    return names
+
+
+def test_lp_and_lora_train_what_the_reference_code_trains():
+    # HeadOnly (main.py): patch_embed and blocks frozen; everything else trains.
+    model = _reference_vit()
+    everything = [n for n, _ in model.named_parameters()]
+    head_only = {n for n in everything if not n.startswith(("patch_embed.", "blocks."))}
+    assert {"cls_token", "pos_embed", "norm.weight", "head.weight"} <= head_only
+    assert _trainable(get_method("lp", {"entry": "lp"}), model) == head_only
+    # Pure linear probing: the head alone.
+    assert _trainable(get_method("linear_probe", {}), _reference_vit()) == {"head.weight", "head.bias"}
+    # LoRA (convert2lora + mark_only_lora_as_trainable(model.blocks), patch_embed and head frozen):
+    # the factors of q and v and everything outside the blocks but the patch embedding and head.
+    from rib.methods import METHODS
+
+    defaults = METHODS["lora"].defaults()
+    assert (defaults["rank"], defaults["alpha"], defaults["targets"]) == (8, 1, ["q", "v"])
+    method = get_method("lora", defaults)
+    names = _trainable(method, _reference_vit())
+    factors = {n for n in names if n.startswith("blocks.")}
+    assert factors == {f"blocks.{i}.attn.qkv.parametrizations.weight.0.{f}_{t}"
+                       for i in range(2) for f in "AB" for t in "qv"}
+    assert names - factors == {n for n in everything if not n.startswith(("patch_embed.", "blocks.", "head."))}
+    update = method.sites[0][0].parametrizations.weight[0]
+    assert update.scale == 1 / 8  # lora_alpha / r
+    # Hu et al.'s adapters alone:
+    alone = get_method("lora", {**defaults, "train_outside_blocks": False})
+    assert {n for n in _trainable(alone, _reference_vit())} == factors
+    # A CNN: HeadOnly trains its fc only, as the reference code does for a ResNet.
+    cnn = network.create("resnet18", {"channels": (8, 8, 8, 8), "stem_width": 8}, 10)
+    assert _trainable(get_method("lp", {}), cnn) == {"fc.weight", "fc.bias"}
 
 
 def test_lora_on_a_model_without_attention_is_a_clear_error(in_tiny_suite, tiny_pretrained):
@@ -134,13 +183,25 @@ def test_lora_on_a_model_without_attention_is_a_clear_error(in_tiny_suite, tiny_
 def test_the_pad_prompt_changes_only_border_pixels_and_nothing_else(in_tiny_suite, tiny_vit, tmp_path):
     _, params = in_tiny_suite
     before = network.load(tiny_vit).model.state_dict()
+    ckpt = network.load(tiny_vit)
+    cfg = _config(params, "visual_prompt")
+    start = get_method("visual_prompt", cfg).setup(ckpt.model, TrainContext(device=CPU, seed=0,
+                                                                             prep=ckpt.preprocessing))
+    inner = torch.zeros(32, 32, dtype=torch.bool)
+    inner[4:28, 4:28] = True
+    initial = start.prompt().detach()[0]
+    border = initial[:, ~inner]  # the reference's PadPrompter: torch.randn in normalised-pixel space
+    assert border.numel() == 3 * (32 * 32 - 24 * 24)
+    assert abs(float(border.mean())) < 0.1 and 0.9 < float(border.std()) < 1.1
     final, wrapper, _ = _train(params, tiny_vit, "visual_prompt", tmp_path / "s.pt")
     assert wrapper == {"kind": "pad_prompt", "width": 4, "image_size": 32}
     prompt = final.prompt().detach()[0]
-    inner = torch.zeros(32, 32, dtype=torch.bool)
-    inner[4:28, 4:28] = True
     assert prompt[:, inner].abs().max() == 0
-    assert prompt[:, ~inner].abs().max() > 0, "the prompt did not learn"
+    assert not torch.equal(prompt, initial), "the prompt did not learn"
+    # init: zeros starts at the pretrained model.
+    zero = get_method("visual_prompt", {**cfg, "init": "zeros"}).setup(
+        network.load(tiny_vit).model, TrainContext(device=CPU, seed=0, prep=ckpt.preprocessing))
+    assert zero.prompt().abs().max() == 0
     assert _same(before, final.model.state_dict())  # the model is frozen
     # Saved and loaded back, the checkpoint is the same prompted model.
     ckpt = network.load(tiny_vit)
@@ -152,10 +213,35 @@ def test_the_pad_prompt_changes_only_border_pixels_and_nothing_else(in_tiny_suit
         assert torch.equal(final.eval()(x), again.model.eval()(x))
 
 
+def test_ewc_is_the_reference_codes_plain_l2_pull(in_tiny_suite, tiny_vit):
+    # lib/regularization.py: ewc_penalty = sum over named parameters of (theta - theta0)^2, added
+    # to the cross-entropy with coefficient 1.
+    _, params = in_tiny_suite
+    ckpt = network.load(tiny_vit)
+    cfg = _config(params, "ewc")
+    assert cfg["strength"] == 1.0
+    method = get_method("ewc", cfg)
+    module = method.setup(ckpt.model, TrainContext(device=CPU, seed=0, prep=ckpt.preprocessing))
+    before = {n: p.detach().clone() for n, p in module.named_parameters()}
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    logits, y = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    by_hand = torch.nn.functional.cross_entropy(logits, y) + sum(
+        (p - before[n]).pow(2).sum() for n, p in module.named_parameters())
+    assert float(method.loss(module, None, logits, y, None).detach()) == pytest.approx(float(by_hand), rel=1e-5)
+    # L2-SP is the same pull at half the coefficient (alpha / 2).
+    l2sp = get_method("l2sp", {**_config(params, "l2sp"), "strength": 1.0})
+    l2sp.anchor = method.anchor
+    assert float(l2sp.penalty(module)) == pytest.approx(float(method.penalty(module)), rel=1e-6)
+    assert float((method.loss(module, None, logits, y, None) - l2sp.loss(module, None, logits, y, None)).detach()) == \
+        pytest.approx(0.5 * float(method.penalty(module)), rel=1e-4)
+
+
 def test_ewc_penalty_is_zero_at_the_pretrained_weights_and_weighted_by_fisher(in_tiny_suite, tiny_vit):
     _, params = in_tiny_suite
     ckpt = network.load(tiny_vit)
-    method = get_method("ewc", _config(params, "ewc"))
+    method = get_method("ewc_fisher", _config(params, "ewc_fisher"))
     ctx = TrainContext(device=CPU, seed=0, prep=ckpt.preprocessing, reference=_reference(ckpt.preprocessing),
                        normalize=__import__("rib.data.loading", fromlist=["normalize"]).normalize)
     module = method.setup(ckpt.model, ctx)
@@ -196,9 +282,18 @@ def test_lwf_distillation_is_zero_when_the_student_is_the_teacher(in_tiny_suite,
     logits = torch.randn(5, 7)
     assert float(distillation_loss(logits, logits.clone(), 2.0)) == pytest.approx(0.0, abs=1e-6)
     assert float(distillation_loss(logits, torch.randn(5, 7), 2.0)) > 0
-    # T^2 scaling: for small differences the term does not shrink as 1/T^2.
+    # The reference code (lib/regularization.py): kl_div(log_softmax(out / T), softmax(prev / T),
+    # reduction="batchmean"), no T^2 factor.
+    student, teacher = torch.randn(5, 7), torch.randn(5, 7)
+    reference = torch.nn.functional.kl_div(torch.log_softmax(student / 2, dim=1), torch.softmax(teacher / 2, dim=1),
+                                           reduction="batchmean")
+    assert float(distillation_loss(student, teacher, 2.0)) == pytest.approx(float(reference), rel=1e-5)
+    assert float(distillation_loss(student, teacher, 2.0, squared=True)) == pytest.approx(4 * float(reference),
+                                                                                          rel=1e-5)
+    # T^2 scaling: for small differences the squared term does not shrink as 1/T^2.
     eps = 1e-2 * torch.randn(5, 7)
-    ratio = float(distillation_loss(logits + eps, logits, 4.0)) / float(distillation_loss(logits + eps, logits, 1.0))
+    ratio = float(distillation_loss(logits + eps, logits, 4.0, True)) / float(
+        distillation_loss(logits + eps, logits, 1.0, True))
     assert 0.3 < ratio < 3
     # In the method: at the start the student is the teacher, so the loss is the cross-entropy alone.
     _, params = in_tiny_suite
@@ -214,6 +309,11 @@ def test_lwf_distillation_is_zero_when_the_student_is_the_teacher(in_tiny_suite,
         logits = projection.restrict(module(x))
         assert float(method.loss(module, x, logits, y, ctx)) == pytest.approx(
             float(torch.nn.functional.cross_entropy(logits, y)), abs=1e-6)
+        # Away from the teacher: cross-entropy + the reference's KL at T = 2, weight 1.
+        moved = logits + torch.randn_like(logits)
+        expected = torch.nn.functional.cross_entropy(moved, y) + torch.nn.functional.kl_div(
+            torch.log_softmax(moved / 2, dim=1), torch.softmax(logits / 2, dim=1), reduction="batchmean")
+        assert float(method.loss(module, x, moved, y, ctx)) == pytest.approx(float(expected), rel=1e-5)
 
 
 def test_mas_importance_is_the_output_norm_sensitivity(in_tiny_suite, tiny_vit):
@@ -332,6 +432,15 @@ def test_lp_ft_starts_from_the_linear_probe_and_wise_ft_ends_match(in_tiny_suite
                  "--out-dir", str(cells / "soup"), "-q"]) == 2  # three ingredients expected
     assert main(["combine", "mini_vit.narrow", "wise_ft", "sketch", "--pretrained", tiny_vit, "--ingredients",
                  ck["lp"], "--out-dir", str(cells / "bad"), "-q"]) == 2  # an lp checkpoint is not ft's
+    # The reference's Soup-PRE-FT: a soup of the pretrained weights and FT is WiSE-FT at 0.5.
+    assert main(["combine", "mini_vit.narrow", "soup_pre_ft", "sketch", "--pretrained", tiny_vit, "--ingredients",
+                 ck["ft"], "--data", "data/rib-mini/prepared/sketch", "--out-dir", str(cells / "pre_ft"), "-q"]) == 0
+    for name in ("source", "c", "sketch"):
+        soup = json.loads((cells / "pre_ft" / f"{name}.json").read_text())
+        wise = json.loads((cells / "wise" / f"{name}.json").read_text())
+        assert soup["subsets"] == {s["alpha"]: s for s in wise["sweep"]}[0.5]["subsets"]
+        assert soup["combination"]["settings"] == {"ingredients": ["pretrained", "ft"]}
+        assert soup["combination"]["ingredients"]["pretrained"]["checkpoint"] == str(tiny_vit)
 
 
 def _with(params, **methods):
@@ -357,7 +466,14 @@ def _with(params, **methods):
     ({"uniform_soup": {"ingredients": ["ft", "visual_prompt"]}},
      "methods.uniform_soup.ingredients: 'visual_prompt' does not make a plain fine-tuned model"),
     ({"wise_ft": {"alpha": 0.3, "alphas": [0.0, 1.0]}}, "methods.wise_ft.alpha: 0.3 is not one of alphas"),
-    ({"ewc": {"reference": "imagenet"}}, "methods.ewc.reference: unknown dataset 'imagenet'"),
+    ({"ewc_fisher": {"reference": "imagenet"}}, "methods.ewc_fisher.reference: unknown dataset 'imagenet'"),
+    ({"ewc": {"samples": 10}}, "methods.ewc.samples: unknown key"),
+    ({"uniform_soup": {"ingredients": ["pretrained", "ft"]}}, None),
+    ({"model_stock": {"ingredients": ["pretrained", "ft"]}},
+     "methods.model_stock.ingredients: model_stock cannot take the pretrained weights"),
+    ({"pretrained": {"method": "ft"}}, "methods.pretrained: reserved for the pretrained model"),
+    ({"lwf": {"temperature_squared": 1}}, "methods.lwf.temperature_squared: expected true or false"),
+    ({"visual_prompt": {"init": "uniform"}}, "methods.visual_prompt.init: 'uniform' is not one of"),
     ({"mas": None}, "grid.methods[8]: no methods entry 'mas'"),
 ])
 def test_method_settings_are_checked(tiny_suite, change, message):

@@ -35,18 +35,18 @@ def test_warmup_then_cosine():
     assert lr_factor(5, 0, 10) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
 
 
-def _setup(tiny_pretrained, method_name, epochs=3, batch_size=8):
+def _setup(tiny_pretrained, method_name, epochs=3, batch_size=8, precision="auto"):
     ckpt = network.load(tiny_pretrained)
     prepared = load_prepared("data/rib-mini/prepared/sketch")
     data = open_dataset(prepared, "finetune", ckpt.preprocessing, preload_images=True, show_progress=False)
     cfg = {"epochs": epochs, "batch_size": batch_size, "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0,
-           "warmup_steps": 2}
+           "warmup_steps": 2, "precision": precision}
     method = get_method(method_name, cfg)
     return ckpt, data, LabelProjection(prepared.classes, ckpt.label_space), Schedule.from_config(cfg), method
 
 
-def _fit(tiny_pretrained, method_name, state, stop=None):
-    ckpt, data, proj, sched, method = _setup(tiny_pretrained, method_name)
+def _fit(tiny_pretrained, method_name, state, stop=None, precision="auto"):
+    ckpt, data, proj, sched, method = _setup(tiny_pretrained, method_name, precision=precision)
     fit(ckpt.model, method, data, proj, ckpt.preprocessing, sched, seed=0, device=torch.device("cpu"),
         state_path=state, run_fingerprint="test", show_progress=False, stop_after_epoch=stop)
     return ckpt.model.state_dict()
@@ -56,18 +56,25 @@ def _same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("method", ["ft", "lp"])
-def test_resume_after_stop_gives_the_same_weights(in_tiny_suite, tiny_pretrained, tmp_path, method, caplog):
-    unbroken = _fit(tiny_pretrained, method, tmp_path / "a.pt")
+@pytest.mark.parametrize("method, precision", [("ft", "auto"), ("linear_probe", "auto"), ("ft", "fp16")])
+def test_resume_after_stop_gives_the_same_weights(in_tiny_suite, tiny_pretrained, tmp_path, method, precision,
+                                                  caplog):
+    unbroken = _fit(tiny_pretrained, method, tmp_path / "a.pt", precision=precision)
     with pytest.raises(TrainingStopped):
-        _fit(tiny_pretrained, method, tmp_path / "b.pt", stop=1)
+        _fit(tiny_pretrained, method, tmp_path / "b.pt", stop=1, precision=precision)
     saved = torch.load(tmp_path / "b.pt", weights_only=True)
     assert saved["epoch"] == 1
+    # fp16 (the reference code's AMP) scales the loss; the scale travels in the state.
+    assert ("scale" in saved["scaler"]) == (precision == "fp16")
     caplog.clear()
     with caplog.at_level("INFO", logger="rib.train"):
-        resumed = _fit(tiny_pretrained, method, tmp_path / "b.pt")
+        resumed = _fit(tiny_pretrained, method, tmp_path / "b.pt", precision=precision)
     assert "at epoch 2 of" in caplog.text  # it did resume (a silent restart would end the same)
     assert _same(unbroken, resumed)
+    if precision == "fp16":  # it trained, in half precision: not the fp32 run's weights
+        fp32 = _fit(tiny_pretrained, method, tmp_path / "c.pt")
+        before = network.load(tiny_pretrained).model.state_dict()
+        assert not _same(fp32, resumed) and not _same(before, resumed)
 
 
 def test_a_final_batch_of_one_image_is_dropped(in_tiny_suite, tiny_pretrained, tmp_path):
@@ -108,18 +115,26 @@ def test_linear_probing_on_features_matches_the_backbone_forward(in_tiny_suite, 
                                                                  monkeypatch):
     """LP trains its head on the frozen backbone's features, computed once; the result is the
     head the image-by-image loop gives, to float rounding."""
-    on_features = _fit(tiny_pretrained, "lp", tmp_path / "a.pt")
+    on_features = _fit(tiny_pretrained, "linear_probe", tmp_path / "a.pt")
     monkeypatch.setattr("rib.methods.lp.LinearProbing.head_on_features", False)
-    forward = _fit(tiny_pretrained, "lp", tmp_path / "b.pt")
+    forward = _fit(tiny_pretrained, "linear_probe", tmp_path / "b.pt")
     for key in on_features:
         torch.testing.assert_close(on_features[key], forward[key], atol=1e-5, rtol=1e-4)
 
 
 def test_linear_probing_changes_only_the_head(in_tiny_suite, tiny_pretrained, tmp_path):
     before = network.load(tiny_pretrained).model.state_dict()
-    after = _fit(tiny_pretrained, "lp", tmp_path / "lp.pt")
+    after = _fit(tiny_pretrained, "linear_probe", tmp_path / "lp.pt")
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed == {"fc.weight", "fc.bias"}
+    # The reference code's HeadOnly on a ResNet trains fc alone too, but in training mode: the
+    # batch-norm statistics follow D_ft (buffers), no other weight moves.
+    head_only = _fit(tiny_pretrained, "lp", tmp_path / "head_only.pt")
+    changed = {k for k in before if not torch.equal(before[k], head_only[k])}
+    assert {"fc.weight", "fc.bias"} <= changed
+    assert all(k.startswith("fc.") or k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+               for k in changed)
+    assert any(k.endswith("running_mean") for k in changed)
     full = _fit(tiny_pretrained, "ft", tmp_path / "ft.pt")
     assert any(not torch.equal(before[k], full[k]) for k in before if k.startswith("layer1"))
 

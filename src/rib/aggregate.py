@@ -105,9 +105,11 @@ def metrics_json(by_method: pd.DataFrame) -> dict:
     """Per model and method: mRI, average OOD accuracy, source and D_ft accuracy after fine-tuning."""
     out: dict = {}
     for r in by_method.itertuples(index=False):
-        out.setdefault(r.model, {})[r.method] = {"mri": round(r.mri, 4), "ood_ft": round(r.ood_ft, 4),
-                                                 "source_ft": round(r.source_ft, 4),
-                                                 "finetune_ft": round(r.finetune_ft, 4)}
+        entry = {"mri": round(r.mri, 4), "ood_ft": round(r.ood_ft, 4), "source_ft": round(r.source_ft, 4),
+                 "finetune_ft": round(r.finetune_ft, 4)}
+        if hasattr(r, "mri_leak_free"):
+            entry["mri_leak_free"] = round(r.mri_leak_free, 4)
+        out.setdefault(r.model, {})[r.method] = entry
     return out
 
 
@@ -126,42 +128,81 @@ def sweep_table(points: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out, columns=columns)
 
 
-def metrics_table(cells: pd.DataFrame) -> pd.DataFrame:
-    """Join every fine-tuned cell with its pretrained counterpart: A_pre, A_ft and RI in percent."""
+def photo_families(params: dict) -> dict[str, str] | None:
+    """Dataset -> photo family, for the leak-free protocol (split.leak_free); None when it is off."""
+    if not params["split"].get("leak_free"):
+        return None
+    from .data.suites import get_suite
+
+    suite = get_suite(params)
+    names = grid.eval_datasets(params)
+    return {n: suite.photo_family(n) for n in names if suite.photo_family(n)}
+
+
+def metrics_table(cells: pd.DataFrame, families: dict[str, str] | None = None) -> pd.DataFrame:
+    """Join every fine-tuned cell with its pretrained counterpart: A_pre, A_ft and RI in percent.
+
+    With ``families`` (the leak-free protocol), ``*_leak_free`` columns beside: where D_ft and the
+    evaluation dataset render the same photos, both accuracies are taken on the held-out photos only
+    (the family's split is by photo, so those are photos no model of the family was fine-tuned on);
+    elsewhere they equal the paper protocol's."""
     pre = cells[cells.method == grid.PRETRAINED].set_index(["model", "eval_dataset"])
     ft = cells[cells.method != grid.PRETRAINED]
     out = []
     for r in ft.itertuples(index=False):
         p = pre.loc[(r.model, r.eval_dataset)]
         a_pre = p.heldout_top1 if r.role == "finetune" else p.top1
-        out.append({"model": r.model, "method": r.method, "finetune_dataset": r.finetune_dataset,
-                    "eval_dataset": r.eval_dataset, "role": r.role,
-                    "acc_pre": 100 * a_pre, "acc_ft": 100 * r.top1,
-                    "ri": 100 * metrics.robustness_improvement(r.top1, a_pre)})
+        row = {"model": r.model, "method": r.method, "finetune_dataset": r.finetune_dataset,
+               "eval_dataset": r.eval_dataset, "role": r.role,
+               "acc_pre": 100 * a_pre, "acc_ft": 100 * r.top1,
+               "ri": 100 * metrics.robustness_improvement(r.top1, a_pre)}
+        if families is not None:
+            family = families.get(r.finetune_dataset)
+            shared = family is not None and families.get(r.eval_dataset) == family
+            lf_pre, lf_ft = (p.heldout_top1, r.heldout_top1) if shared else (a_pre, r.top1)
+            row.update(shares_photos=shared, acc_pre_leak_free=100 * lf_pre, acc_ft_leak_free=100 * lf_ft,
+                       ri_leak_free=100 * metrics.robustness_improvement(lf_ft, lf_pre))
+        out.append(row)
     return pd.DataFrame(out)
 
 
+LEAK_FREE_COLUMNS = ["source_pre_leak_free", "source_ft_leak_free", "ood_pre_leak_free", "ood_ft_leak_free",
+                     "mri_leak_free"]
+
+
+def _protocol_summary(g: pd.DataFrame, suffix: str = "") -> dict:
+    ood = g[g.role == "ood"]
+    pre = dict(zip(ood.eval_dataset, ood["acc_pre" + suffix]))
+    ft = dict(zip(ood.eval_dataset, ood["acc_ft" + suffix]))
+    names = list(ood.eval_dataset)
+    src = g[g.role == "source"].iloc[0]
+    return {"source_pre" + suffix: src["acc_pre" + suffix], "source_ft" + suffix: src["acc_ft" + suffix],
+            "ood_pre" + suffix: metrics.average_accuracy(pre, names),
+            "ood_ft" + suffix: metrics.average_ood_after(ft, pre, names),
+            "mri" + suffix: metrics.mean_robustness_improvement(ft, pre, names), "n_ood": len(names)}
+
+
 def summary_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, method, D_ft); with the leak-free protocol's columns when the table has them."""
     out = []
+    leak_free = "ri_leak_free" in table.columns
     for (model, method, dft), g in table.groupby(["model", "method", "finetune_dataset"], sort=False):
-        ood = g[g.role == "ood"]
-        pre = dict(zip(ood.eval_dataset, ood.acc_pre))
-        ft = dict(zip(ood.eval_dataset, ood.acc_ft))
-        names = list(ood.eval_dataset)
-        src, own = g[g.role == "source"].iloc[0], g[g.role == "finetune"].iloc[0]
-        mri = metrics.mean_robustness_improvement(ft, pre, names)
-        out.append({"model": model, "method": method, "finetune_dataset": dft,
-                    "source_pre": src.acc_pre, "source_ft": src.acc_ft,
-                    "finetune_pre": own.acc_pre, "finetune_ft": own.acc_ft,
-                    "ood_pre": metrics.average_accuracy(pre, names),
-                    "ood_ft": metrics.average_ood_after(ft, pre, names),
-                    "mri": mri, "n_ood": len(names)})
+        own = g[g.role == "finetune"].iloc[0]
+        paper = _protocol_summary(g)
+        row = {"model": model, "method": method, "finetune_dataset": dft,
+               "source_pre": paper["source_pre"], "source_ft": paper["source_ft"],
+               "finetune_pre": own.acc_pre, "finetune_ft": own.acc_ft,
+               **{k: paper[k] for k in ("ood_pre", "ood_ft", "mri", "n_ood")}}
+        if leak_free:
+            row.update({k: v for k, v in _protocol_summary(g, "_leak_free").items() if k in LEAK_FREE_COLUMNS})
+        out.append(row)
     return pd.DataFrame(out)
 
 
 def method_summary(summary: pd.DataFrame) -> pd.DataFrame:
     grouped = summary.groupby(["model", "method"], sort=False)
-    out = grouped[SUMMARY_COLUMNS].mean().reset_index()
+    columns = SUMMARY_COLUMNS + (["mri_leak_free"] if "mri_leak_free" in summary.columns else [])
+    out = grouped[columns].mean().reset_index()
     out.insert(2, "n_finetune_datasets", grouped.size().values)
     return out
 
@@ -182,10 +223,21 @@ def write_csv(df: pd.DataFrame, path: str | os.PathLike) -> None:
         df.to_csv(tmp, index=False, float_format="%.4f")
 
 
+LEAK_FREE_CAPTION = ("Where D_ft and an evaluation dataset render the same photos (ImageNet val, -C, -Cartoon, "
+                     "-Drawing), both accuracies on the photos held out of every fine-tuning (the split is by "
+                     "photo); elsewhere as the paper's protocol. `mri` is the paper protocol's, for comparison.")
+
+
+def leak_free_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """The leak-free protocol's columns per (model, method, D_ft), with the paper protocol's mRI beside."""
+    return summary[["model", "method", "finetune_dataset", *LEAK_FREE_COLUMNS, "mri"]]
+
+
 def write_tables(params: dict, out_paths: dict[str, str], root: str | os.PathLike = ".") -> dict[str, pd.DataFrame]:
     cells = collect(params, root)
-    table = metrics_table(cells)
+    table = metrics_table(cells, photo_families(params))
     summary = summary_table(table)
+    paper_summary = summary.drop(columns=["n_ood", *LEAK_FREE_COLUMNS], errors="ignore")
     by_method = method_summary(summary)
     sweeps = sweep_table(cells.attrs.get("sweeps", pd.DataFrame()))
     matrix = ri_matrix(table)
@@ -198,7 +250,9 @@ def write_tables(params: dict, out_paths: dict[str, str], root: str | os.PathLik
     write_json(out_paths["metrics_json"], metrics_json(by_method))
     tex = (to_latex(by_method, f"ImageNet-RIB on {params['suite']}: per pretrained model and method, mean over "
                     "fine-tuning datasets (accuracy in \\%).", "tab:rib-methods")
-           + "\n" + to_latex(summary.drop(columns=["n_ood"]), "Per fine-tuning dataset.", "tab:rib-datasets")
+           + "\n" + to_latex(paper_summary, "Per fine-tuning dataset.", "tab:rib-datasets")
+           + ("\n" + to_latex(leak_free_table(summary), LEAK_FREE_CAPTION, "tab:rib-leak-free")
+              if "mri_leak_free" in summary.columns else "")
            + "\n" + to_latex(matrix, "Robustness improvement (points) per fine-tuning dataset and evaluation "
                               "dataset.", "tab:rib-ri")
            + ("\n" + to_latex(corruption, "ImageNet-C: accuracy per corruption (mean over severities).",
@@ -214,7 +268,9 @@ def write_tables(params: dict, out_paths: dict[str, str], root: str | os.PathLik
           "`finetune_*`: held-out part of D_ft; `source_*`: pretraining domain.\n\n"
           "## Per pretrained model and method (mean over fine-tuning datasets)\n\n"
           + to_markdown(by_method) +
-          "\n## Per fine-tuning dataset\n\n" + to_markdown(summary.drop(columns=["n_ood"]))
+          "\n## Per fine-tuning dataset\n\n" + to_markdown(paper_summary)
+          + (f"\n## Leak-free protocol\n\n{LEAK_FREE_CAPTION}\n\n" + to_markdown(leak_free_table(summary))
+             if "mri_leak_free" in summary.columns else "")
           + "\n## Robustness improvement per fine-tuning and evaluation dataset (points)\n\n" + to_markdown(matrix)
           + ("\n## ImageNet-C per corruption (accuracy, mean over severities)\n\n" + to_markdown(corruption)
              if not corruption.empty else "")

@@ -125,7 +125,8 @@ def cmd_prepare(args, params) -> int:
     info = prepare(suite.dataset(args.dataset), args.raw, args.out, label_space=suite.label_space,
                    fraction=params["split"]["heldout_fraction"], seed=params["split"]["seed"],
                    skip_corrupt=data["skip_corrupt_images"], corruption_per_leaf=data["corruption_subset"],
-                   class_map_version=f"{suite.name}/{suite.class_map_version}", show_progress=not args.quiet)
+                   class_map_version=f"{suite.name}/{suite.class_map_version}",
+                   by_photo=params["split"]["leak_free"], show_progress=not args.quiet)
     log.info("prepared %s: %d images, %d classes, parts %s, %d unreadable left out -> %s", args.dataset,
              info["num_images"], info["num_classes"], info["parts"], info["skipped_images"], args.out)
     return 0
@@ -175,13 +176,15 @@ def cmd_models_fetch(args, params) -> int:
 
 
 def _reference_loader(data_dir, prep, show_progress: bool):
-    """Pretraining-domain images for importance weights: ``samples`` rows drawn with ``seed``."""
+    """Pretraining-domain images for importance weights: ``samples`` rows drawn with ``seed`` (from
+    the photos no leak-free evaluation uses, where the dataset was split by photo)."""
     def load(samples: int, seed: int):
         from .data.loading import ImageDataset, preload, sample_rows
         from .data.manifest import load_prepared
 
         prepared = load_prepared(data_dir)
-        ds = ImageDataset(prepared.root, sample_rows(prepared, None, samples, seed), prep, prepared.border)
+        part = "finetune" if prepared.info.get("split", {}).get("by_photo") else None
+        ds = ImageDataset(prepared.root, sample_rows(prepared, part, samples, seed), prep, prepared.border)
         return preload(ds, f"{prepared.name} (reference)", show_progress)
     return load
 
@@ -370,7 +373,7 @@ def cmd_combine(args, params) -> int:
     from .data.manifest import load_prepared
     from .evaluate import evaluate_checkpoint, predict
     from .io import sha256_file
-    from .methods import entry_info, get_method, ingredients
+    from .methods import PRETRAINED_INGREDIENT, entry_info, get_method, ingredients, trained_ingredients
     from .methods.weights import check_compatible
     from .models import network
 
@@ -380,7 +383,7 @@ def cmd_combine(args, params) -> int:
     if entry_info(params, entry).kind != "weights":
         raise RibError(f"method {entry!r} trains a model; run `rib finetune` and `rib evaluate`")
     config = method_schedule(params, entry)
-    names = ingredients(params, entry)
+    names = trained_ingredients(params, entry)
     if len(args.ingredients) != len(names):
         raise RibError(f"methods.{entry} combines {len(names)} checkpoints ({', '.join(names)}); "
                        f"{len(args.ingredients)} given")
@@ -406,6 +409,9 @@ def cmd_combine(args, params) -> int:
         check_compatible(theta0, states)
     except ValueError as err:
         raise RibError(f"methods.{entry}: {err}") from None
+    if PRETRAINED_INGREDIENT in ingredients(params, entry):  # the reference's PRE: the pretrained weights
+        states = {n: theta0 if n == PRETRAINED_INGREDIENT else states[n] for n in ingredients(params, entry)}
+        sources[PRETRAINED_INGREDIENT] = {"checkpoint": str(args.pretrained), "checkpoint_sha256": pretrained_sha}
 
     settings = _eval_settings(params, args, device)
     loaded: dict = {}
@@ -642,7 +648,7 @@ def build_parser() -> argparse.ArgumentParser:
         s = cache.add_parser(name, parents=[common], help=text)
         s.add_argument("dataset")
         s.add_argument("--data", required=True, help="prepared dataset folder")
-        s.add_argument("--prep", required=True, help="preprocessing key, e.g. 224px-bicubic-crop0.875")
+        s.add_argument("--prep", required=True, help="preprocessing key, e.g. v2-224px-bicubic-crop0.875-center")
         s.add_argument("--out", required=True, help="cache folder (cache/<suite>/<prep>/<dataset>)")
         s.set_defaults(func=cmd_cache)
 
@@ -713,7 +719,7 @@ def cmd_cell(args, params) -> int:
     """Where one cell of the tables lives, what it is made from, and how to regenerate it."""
     from . import grid
     from .io import read_record
-    from .methods import entry_info, ingredients, init_entry
+    from .methods import entry_info, init_entry, trained_ingredients
     from .models.registry import get_model, model_slug
 
     suite = params["suite"]
@@ -751,8 +757,8 @@ def cmd_cell(args, params) -> int:
 
         if entry_info(params, args.method).kind == "weights":
             made_by = [f"rib combine {args.model} {args.method} {args.dataset}: {pretrained} + "
-                       + ", ".join(checkpoint(n) for n in ingredients(params, args.method))]
-            for name in ingredients(params, args.method):
+                       + ", ".join(checkpoint(n) for n in trained_ingredients(params, args.method))]
+            for name in trained_ingredients(params, args.method):
                 made_by += training(name)
             stage = f"combine-{args.method}@{model_slug(args.model)}-{args.dataset}"
         else:
@@ -778,21 +784,57 @@ def cmd_cell(args, params) -> int:
     return 0
 
 
+def _same_value(value, ref) -> bool:
+    if isinstance(value, bool) or isinstance(ref, bool):
+        return value is ref
+    if isinstance(value, (int, float)) and isinstance(ref, (int, float)):
+        return float(value) == float(ref)
+    return value == ref
+
+
 def cmd_methods(args, params) -> int:
-    """The method registry: each method's kind, what it does and its settings with defaults, and
-    the entries of the params file that use it."""
-    from .methods import METHODS, implementation
+    """The method registry (each method's kind, what it does, its settings with defaults and the
+    reference code's values), then every entry of the params file with the values it runs with,
+    each marked against the paper's own code (FieteLab/ImageNet-RIB)."""
+    from .config import method_schedule
+    from .methods import METHODS, REFERENCE_SCHEDULE, implementation
 
     users: dict[str, list[str]] = {}
     for entry in params["methods"]:
         users.setdefault(implementation(params, entry), []).append(entry)
+    print("Registered methods, with their defaults; [ref: X] is the value in the paper's code "
+          "(FieteLab/ImageNet-RIB) where it has the method:")
     for name, info in METHODS.items():
-        print(f"{name} ({info.kind}): {info.summary}")
+        where = f"the reference code's {info.reference}" if info.reference else "not in the reference code"
+        print(f"{name} ({info.kind}; {where}): {info.summary}")
         for key, spec in info.options.items():
             note = f"  # {spec['description']}" if "description" in spec else ""
-            print(f"    {key}: {spec.get('default')!r}{note}")
+            mark = f"  [ref: {spec['reference']!r}]" if "reference" in spec else ""
+            print(f"    {key}: {spec.get('default')!r}{mark}{note}")
         if users.get(name):
             print(f"    entries in {args.params}: {', '.join(users[name])}")
+    print(f"\nEntries of {args.params}, with the values they run with:")
+    for entry in params["methods"]:
+        config = method_schedule(params, entry)
+        info = METHODS[config["method"]]
+        keys = [k for k in REFERENCE_SCHEDULE if info.kind == "train"] + [k for k in info.options if k in config]
+        keys += ["seed"] if "seed" in params["methods"][entry] else []
+        if not info.reference:
+            print(f"{entry} = {config['method']} (not in the reference code)")
+            print("    settings: " + ", ".join(f"{k} {config[k]!r}" for k in keys))
+            continue
+        refs = {**(REFERENCE_SCHEDULE if info.kind == "train" else {}),
+                **{k: spec["reference"] for k, spec in info.options.items() if "reference" in spec}}
+        same = [k for k in keys if k in refs and _same_value(config[k], refs[k])]
+        differ = [k for k in keys if k in refs and k not in same]
+        other = [k for k in keys if k not in refs]
+        print(f"{entry} = {config['method']} (the reference code's {info.reference})")
+        if same:
+            print("    as the reference code: " + ", ".join(f"{k} {config[k]!r}" for k in same))
+        if differ:
+            print("    departs from it: " + ", ".join(f"{k} {config[k]!r} (reference code: {refs[k]!r})" for k in differ))
+        if other:
+            print("    not settings of the reference code: " + ", ".join(f"{k} {config[k]!r}" for k in other))
     return 0
 
 

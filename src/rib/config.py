@@ -161,7 +161,7 @@ def _method_validator(name: str):
     from .methods import COMMON_OPTIONS, METHODS
 
     properties = {**schema()["$defs"]["schedule"]["properties"], **COMMON_OPTIONS}
-    properties.update({k: {kk: vv for kk, vv in v.items() if kk not in ("default", "description")}
+    properties.update({k: {kk: vv for kk, vv in v.items() if kk not in ("default", "description", "reference")}
                        for k, v in METHODS[name].options.items()})
     # The schedule's settings refer to the params schema's $defs (positive_int): keep them reachable.
     return _validator_class()({"type": "object", "additionalProperties": False, "properties": properties,
@@ -172,9 +172,12 @@ def _check_methods(params: dict) -> None:
     """Every methods entry against its method's settings; names between entries must resolve."""
     from jsonschema.exceptions import best_match
 
-    from .methods import METHODS, entry_config, entry_info, init_entry
+    from .methods import METHODS, PRETRAINED_INGREDIENT, entry_config, entry_info, init_entry
 
     entries = params["methods"]
+    if PRETRAINED_INGREDIENT in entries:
+        raise ConfigError(f"methods.{PRETRAINED_INGREDIENT}: reserved for the pretrained model (its cells and, among "
+                          "a soup's ingredients, its weights); give the entry another name")
     for key, settings in entries.items():
         impl = settings.get("method", key)
         if impl not in METHODS:
@@ -197,6 +200,11 @@ def _check_methods(params: dict) -> None:
                                   "starts from the pretrained model")
         for setting in info.ingredients_from:
             for name in ([config[setting]] if isinstance(config[setting], str) else config[setting]):
+                if name == PRETRAINED_INGREDIENT:
+                    if not info.accepts_pretrained:
+                        raise ConfigError(f"methods.{key}.{setting}: {config['method']} cannot take the pretrained "
+                                          "weights as an ingredient; name fine-tuned entries")
+                    continue
                 if name not in entries:
                     raise ConfigError(f"methods.{key}.{setting}: no methods entry {name!r}{_close(name, entries)}")
                 part = entry_info(params, name)

@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from . import grid
-from .methods import entry_info, ingredients, init_entry
+from .methods import entry_info, init_entry, trained_ingredients
 from .models.registry import get_model, model_slug
 
 HEADER = """\
@@ -210,7 +210,7 @@ def render(params: dict, params_file: str, out: str | os.PathLike) -> str:
              "outs": [cell_dir(M, E, D)]})
 
     for entry in grid.weight_entries(params):
-        names = ingredients(params, entry)
+        names = trained_ingredients(params, entry)
         items = {f"{m}-{d}": with_prep({"model": m, "dataset": d}, m) for m, d in pairs}
         parts = [ckpt(M, n, D) for n in names]
         stages[f"combine-{entry}"] = foreach(items, {

@@ -100,7 +100,7 @@ def method_kind(params: dict, entry: str) -> str:
 def train_entries(params: dict) -> list[str]:
     """Every methods entry the grid trains: the grid's training methods, the checkpoints its
     weight-space methods combine, and the checkpoints training starts from (LP-FT's probe)."""
-    from .methods import ingredients, init_entry
+    from .methods import init_entry, trained_ingredients
 
     out: list[str] = []
 
@@ -116,7 +116,7 @@ def train_entries(params: dict) -> list[str]:
         if method_kind(params, entry) == "train":
             add(entry)
         else:
-            for name in ingredients(params, entry):
+            for name in trained_ingredients(params, entry):
                 add(name)
     return out
 

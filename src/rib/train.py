@@ -1,6 +1,8 @@
 """The training loop shared by pretraining (rib-mini) and fine-tuning, with exact resume.
 
 * Schedule: SGD with momentum, linear warm-up over ``warmup_steps`` then cosine decay to zero.
+* Precision: ``auto`` (bf16 autocast on CUDA, fp32 elsewhere), ``bf16``, ``fp32``, or ``fp16``
+  autocast with a dynamic loss scale (the reference code's AMP with a GradScaler).
 * Order: epoch ``e`` visits the data in a permutation drawn from a generator seeded by
   (seed, e), and training uses the model's eval transform (no random augmentation), so an epoch
   is a pure function of the weights at its start.
@@ -83,9 +85,18 @@ def resolve_device(name: str) -> torch.device:
 
 
 def autocast(device: torch.device, precision: str):
+    """bf16 autocast for ``bf16`` (and ``auto`` on CUDA), fp16 for ``fp16`` (the reference code's AMP),
+    else nothing (fp32)."""
+    if precision == "fp16":
+        return torch.autocast(device_type=device.type, dtype=torch.float16)
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
+    """fp16 needs its loss scaled (the reference code's GradScaler); bf16 and fp32 do not (disabled)."""
+    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -216,6 +227,7 @@ def fit(model: nn.Module, method: Method, data: ImageDataset | InMemoryDataset, 
     if not params:
         raise ValueError(f"method {method.name!r} left no trainable parameters")
     optimizer = schedule.make_optimizer(params)
+    scaler = grad_scaler(device, schedule.precision)
     n = len(data)
     if n < 2:
         raise ValueError(f"{desc}: {n} training image(s); at least 2 are needed")
@@ -232,6 +244,8 @@ def fit(model: nn.Module, method: Method, data: ImageDataset | InMemoryDataset, 
     if state is not None:
         module.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         method.load_state_dict(state["method"])
         start_epoch, step, history = state["epoch"], state["step"], state["history"]
         start_batch, partial, stops = state.get("batch", 0), state.get("partial"), state.get("interruptions", [])
@@ -247,7 +261,8 @@ def fit(model: nn.Module, method: Method, data: ImageDataset | InMemoryDataset, 
     def save(epoch: int, batch: int, partial_stats: dict | None) -> None:
         state = {"fingerprint": run_fp, "epoch": epoch, "batch": batch, "step": step, "history": history,
                  "partial": partial_stats, "rng": _rng_state(device), "interruptions": stops,
-                 "model": module.state_dict(), "optimizer": optimizer.state_dict(), "method": method.state_dict()}
+                 "model": module.state_dict(), "optimizer": optimizer.state_dict(), "method": method.state_dict(),
+                 "scaler": scaler.state_dict()}
         network.write_torch(state_path, state, what="training state")
 
     if on_features:  # LP: the frozen backbone's features once, then the head alone trains on them
@@ -286,8 +301,9 @@ def fit(model: nn.Module, method: Method, data: ImageDataset | InMemoryDataset, 
                         logits = projection.restrict(classifier(x) if on_features else module(x)).float()
                         loss = method.loss(module, x, logits, y, ctx)
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)  # skipped where fp16 gradients overflowed
+                    scaler.update()
                     step += 1
                     done += 1
                     stats["loss_sum"] += float(loss.detach()) * len(y)

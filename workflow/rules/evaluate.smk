@@ -53,7 +53,7 @@ rule evaluate_finetuned:
 rule combine:
     input:
         pretrained=PAT["pretrained"],
-        ingredients=lambda w: [finetuned(w.model, m, w.dataset) for m in rib_methods.ingredients(PARAMS, w.method)],
+        ingredients=lambda w: [finetuned(w.model, m, w.dataset) for m in rib_methods.trained_ingredients(PARAMS, w.method)],
         data=[prepared(d) for d in EVALS],
         cache=lambda w: caches(w.model, EVALS),
     output:

@@ -32,6 +32,7 @@ from .suites import (IMAGENET_C_CORRUPTIONS, IMAGENET_C_SEVERITIES, Archive, Dat
                      Suite, register_suite)
 
 SUITE = "imagenet-rib"
+VAL_PHOTOS = "imagenet-val"  # ImageNet val, -C, -Cartoon and -Drawing show the same 50,000 photos
 # timm's lists are pinned with timm's version (pyproject.toml); ObjectNet's map comes from its archive.
 CLASS_MAP_VERSION = "imagenet-rib/1 (ImageNet-1K, A and R lists of timm 1.0.31)"
 
@@ -96,7 +97,7 @@ def build_suite(params: dict | None = None) -> Suite:
     datasets = {
         "imagenet": DatasetSpec(
             "imagenet", "source", "wnid_folders", "ImageNet-1K validation set (50,000 images)", every,
-            source=Source(manual=IMAGENET_VAL_HOWTO, homepage="https://image-net.org")),
+            source=Source(manual=IMAGENET_VAL_HOWTO, homepage="https://image-net.org"), photos=VAL_PHOTOS),
         "v2": DatasetSpec(
             "v2", "shift", "index_folders", "ImageNet-V2 matched-frequency (10,000 images)",
             tuple(DatasetClass(str(i), (w,)) for i, w in enumerate(wnids)),
@@ -135,16 +136,16 @@ def build_suite(params: dict | None = None) -> Suite:
             "cartoon", "shift", "wnid_folders", "ImageNet-Cartoon (50,000 images)", every,
             source=Source((Archive("imagenet-cartoon.tar.gz", (_zenodo("6801109", "imagenet-cartoon.tar.gz"),),
                                    md5="a4987ee6efda553299419f47e59a7274"),),
-                          homepage="https://zenodo.org/records/6801109")),
+                          homepage="https://zenodo.org/records/6801109"), photos=VAL_PHOTOS),
         "drawing": DatasetSpec(
             "drawing", "shift", "wnid_folders", "ImageNet-Drawing (50,000 images)", every,
             source=Source((Archive("imagenet-drawing.tar.gz", (_zenodo("6801109", "imagenet-drawing.tar.gz"),),
                                    md5="3fb1206b6e3190d0159e5dc01c0f97ab"),),
-                          homepage="https://zenodo.org/records/6801109")),
+                          homepage="https://zenodo.org/records/6801109"), photos=VAL_PHOTOS),
         "c": DatasetSpec(
             "c", "shift", "corruption_tree", "ImageNet-C: 15 corruptions x 5 severities of ImageNet val", every,
             corruptions=IMAGENET_C_CORRUPTIONS, severities=IMAGENET_C_SEVERITIES,
-            source=Source(C_ARCHIVES, homepage="https://github.com/hendrycks/robustness")),
+            source=Source(C_ARCHIVES, homepage="https://github.com/hendrycks/robustness"), photos=VAL_PHOTOS),
     }
     return Suite(name=SUITE, label_space=wnids, class_names=imagenet_names(), datasets=datasets,
                  class_map_version=CLASS_MAP_VERSION)

@@ -9,17 +9,20 @@
 * ``info.json``: dataset, root folder, counts and the manifest's digest.
 
 The held-out split is stratified by class and grouped by instance, deterministic for a seed, so
-the accuracy reported on the fine-tuning dataset is never training accuracy.
+the accuracy reported on the fine-tuning dataset is never training accuracy. With
+``split.leak_free``, datasets that render the same photos (ImageNet val, -C, -Cartoon, -Drawing)
+are split by photo instead, the same way in each (:func:`photo_split`).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import os
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image
@@ -70,6 +73,25 @@ def split_parts(labels: list[int], instances: list[str], fraction: float, seed: 
     return ["heldout" if (lab, inst) in held else "finetune" for lab, inst in zip(labels, instances)]
 
 
+def photo_of(path: str) -> str:
+    """The base photo an image shows, across a family of datasets that render the same photos: its
+    file name without the extension (ILSVRC2012_val_00000001 in ImageNet val, -C, -Cartoon, -Drawing)."""
+    return PurePosixPath(path).stem
+
+
+def photo_split(photos: list[str], fraction: float, seed: int, family: str) -> list[str]:
+    """'heldout' or 'finetune' for each photo, decided by the photo alone: a photo is held out when
+    a hash of (seed, family, photo) falls below ``fraction``. Every dataset of the family puts the
+    same photo on the same side, whatever subset of the photos it has (ImageNet-C keeps 5 per class
+    and leaf), so no photo a model is fine-tuned on in one rendition is held out in another. The
+    split is not stratified: each class keeps about ``fraction`` of its photos."""
+    def held(photo: str) -> bool:
+        digest = hashlib.sha256(f"{seed}/{family}/{photo}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2.0 ** 64 < fraction
+
+    return ["heldout" if held(p) else "finetune" for p in photos]
+
+
 def verify_images(root: Path, records: list[Record], *, skip_corrupt: bool = False,
                   show_progress: bool = True) -> tuple[list[Record], list[str]]:
     """Decode-check every image. A broken one stops with its path, or, with ``skip_corrupt``, is
@@ -109,8 +131,11 @@ def corruption_subset(records: list[Record], per_leaf: int, num_classes: int, se
 
 def prepare(spec: DatasetSpec, root: str | os.PathLike, out_dir: str | os.PathLike, *, label_space: tuple[str, ...],
             fraction: float, seed: int, skip_corrupt: bool = False, corruption_per_leaf: int | None = None,
-            class_map_version: str = "", show_progress: bool = True) -> dict:
-    """Index, verify and split a dataset folder; write the prepared folder atomically."""
+            class_map_version: str = "", by_photo: bool = False, show_progress: bool = True) -> dict:
+    """Index, verify and split a dataset folder; write the prepared folder atomically.
+
+    ``by_photo`` (split.leak_free): a dataset of a photo family (``spec.photos``) is split by
+    :func:`photo_split`, the same for every dataset of the family; others as always."""
     found = index(spec, root, label_space)
     root, classes, records = found.root, found.classes, found.records
     total = len(records)
@@ -119,8 +144,11 @@ def prepare(spec: DatasetSpec, root: str | os.PathLike, out_dir: str | os.PathLi
     records, skipped = verify_images(root, records, skip_corrupt=skip_corrupt, show_progress=show_progress)
     label_of = {c.folder: i for i, c in enumerate(classes)}
     labels = [label_of[r.folder] for r in records]
+    family = spec.photos if by_photo and spec.role != "corpus" else None
     if spec.role == "corpus":
         parts = ["train"] * len(records)
+    elif family:
+        parts = photo_split([photo_of(r.path) for r in records], fraction, seed, family)
     else:
         parts = split_parts(labels, [r.instance for r in records], fraction, seed, salt=spec.name)
     buf = io.StringIO()
@@ -136,7 +164,7 @@ def prepare(spec: DatasetSpec, root: str | os.PathLike, out_dir: str | os.PathLi
                                           "classes": [{"folder": c.folder, "wnids": list(c.wnids)} for c in classes]})
         info = {"dataset": spec.name, "role": spec.role, "layout": spec.layout, "root": str(root),
                 "num_images": len(records), "num_classes": len(classes), "parts": counts,
-                "split": {"heldout_fraction": fraction, "seed": seed}, "border": spec.border,
+                "split": {"heldout_fraction": fraction, "seed": seed, "by_photo": family}, "border": spec.border,
                 "found_images": total, "corruption_per_leaf": corruption_per_leaf if spec.is_corruption_tree else None,
                 "skipped_images": len(skipped), "skipped": skipped[:1000],
                 "ignored_folders": list(found.ignored_folders),

@@ -45,6 +45,25 @@ class TrainContext:
     extras: dict = field(default_factory=dict)
 
 
+def transformer_core(model: nn.Module) -> list[nn.Module] | None:
+    """A vision transformer's patch embedding and its blocks (timm: ``patch_embed``, ``blocks``;
+    open_clip: ``visual.conv1``, ``visual.transformer``), or None for a network without them (a CNN).
+
+    The reference code's HeadOnly and LoRA draw their line here: what lies outside these modules and
+    the head (class token, position embedding, the norms before and after the blocks) trains."""
+    for owner, parts in ((model, ("patch_embed", "blocks")), (getattr(model, "visual", None), ("conv1", "transformer"))):
+        if owner is not None and all(isinstance(getattr(owner, p, None), nn.Module) for p in parts):
+            return [getattr(owner, p) for p in parts]
+    return None
+
+
+def outside_core_parameters(model: nn.Module, head_module: nn.Module) -> list[nn.Parameter]:
+    """The parameters of a transformer outside its patch embedding, blocks and head."""
+    core = transformer_core(model) or []
+    skip = {id(p) for m in [*core, head_module] for p in m.parameters()}
+    return [p for p in model.parameters() if id(p) not in skip]
+
+
 class Method:
     name = "method"
 

@@ -8,6 +8,12 @@ alike for timm's fused ``qkv`` linear layer (q, k, v are its three row blocks), 
 ``q_proj``/``v_proj`` layers and for ``nn.MultiheadAttention`` (open_clip; ``in_proj_weight``).
 The saved checkpoint holds the merged weights, an ordinary model of the pretrained architecture;
 the factors themselves live in the resumable training state.
+
+Defaults are the reference code's (``convert2lora(model, r=8)`` of FieteLab/ImageNet-RIB on loralib's
+MergedLinear): rank 8 on q and v, ``alpha`` 1 (the update scaled by alpha / rank = 1/8), the factors
+and every parameter outside the transformer blocks except the patch embedding and the head (class
+token, position embedding, norms: ``mark_only_lora_as_trainable(model.blocks)`` leaves them
+trainable) train. Hu et al.'s adapters alone are ``train_outside_blocks: false``.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..models.network import head
-from .base import Method, MethodError, TrainContext
+from .base import Method, MethodError, TrainContext, outside_core_parameters
 
 _BLOCKS = ("q", "k", "v")
 
@@ -89,6 +95,7 @@ class LoRA(Method):
         self.alpha = float(config["alpha"])
         self.targets = tuple(t for t in _BLOCKS if t in config["targets"])
         self.train_head = bool(config["train_head"])
+        self.train_outside_blocks = bool(config.get("train_outside_blocks", False))
         self.sites: list[tuple[nn.Module, str]] = []
 
     def setup(self, model: nn.Module, ctx: TrainContext) -> nn.Module:
@@ -104,16 +111,19 @@ class LoRA(Method):
             update = LowRankUpdate(getattr(module, weight_name), parts, self.rank, self.alpha, generator, blocks)
             parametrize.register_parametrization(module, weight_name, update, unsafe=True)
             self.sites.append((module, weight_name))
-        if self.train_head:
-            for p in head(model).parameters():
-                p.requires_grad_(True)
+        for p in self._extra_parameters(model):
+            p.requires_grad_(True)
         return model
 
+    def _extra_parameters(self, module: nn.Module) -> list[nn.Parameter]:
+        """What trains besides the factors: the head, and what lies outside the blocks."""
+        classifier = head(module)
+        extra = outside_core_parameters(module, classifier) if self.train_outside_blocks else []
+        return extra + (list(classifier.parameters()) if self.train_head else [])
+
     def trainable_parameters(self, module: nn.Module) -> list[nn.Parameter]:
-        params = [p for n, p in module.named_parameters() if ".A_" in n or ".B_" in n]
-        if self.train_head:
-            params += list(head(module).parameters())
-        return params
+        factors = [p for n, p in module.named_parameters() if ".A_" in n or ".B_" in n]
+        return factors + self._extra_parameters(module)
 
     def finalize(self, module: nn.Module) -> tuple[nn.Module, dict | None]:
         for m, weight_name in self.sites:

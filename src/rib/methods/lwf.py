@@ -1,9 +1,11 @@
 """Learning without forgetting (LwF, Li & Hoiem 2016), as the paper uses it.
 
 The loss adds to the cross-entropy a distillation term toward the frozen pretrained model:
-``strength * T^2 * KL(softmax(teacher / T) || softmax(student / T))``, both logits restricted to
-the fine-tuning dataset's classes (the same projection as the task loss). The ``T^2`` factor keeps
-the gradient scale independent of the temperature. The teacher is a frozen copy of the model taken
+``strength * KL(softmax(teacher / T) || softmax(student / T))``, both logits restricted to the
+fine-tuning dataset's classes (the same projection as the task loss), averaged over the batch.
+These are the reference code's settings (T = 2, strength 1, no T^2 factor);
+``temperature_squared: true`` multiplies the term by T^2, which keeps the gradient scale
+independent of the temperature (Hinton et al.). The teacher is a frozen copy of the model taken
 before training starts, so a resumed run rebuilds the same teacher from the pretrained weights.
 """
 
@@ -18,11 +20,13 @@ from torch.nn import functional as F
 from .base import Method, TrainContext
 
 
-def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``T^2 * KL(softmax(teacher/T) || softmax(student/T))``, averaged over the batch."""
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
+                      squared: bool = False) -> torch.Tensor:
+    """``KL(softmax(teacher/T) || softmax(student/T))`` averaged over the batch, times ``T^2`` when ``squared``."""
     t = temperature
-    return F.kl_div(F.log_softmax(student_logits / t, dim=-1), F.log_softmax(teacher_logits / t, dim=-1),
-                    log_target=True, reduction="batchmean") * (t * t)
+    kl = F.kl_div(F.log_softmax(student_logits / t, dim=-1), F.log_softmax(teacher_logits / t, dim=-1),
+                  log_target=True, reduction="batchmean")
+    return kl * (t * t) if squared else kl
 
 
 class LwF(Method):
@@ -32,6 +36,7 @@ class LwF(Method):
         super().__init__(config)
         self.temperature = float(config["temperature"])
         self.strength = float(config["strength"])
+        self.squared = bool(config.get("temperature_squared", False))
         self.teacher: nn.Module | None = None
 
     def setup(self, model: nn.Module, ctx: TrainContext) -> nn.Module:
@@ -44,4 +49,5 @@ class LwF(Method):
     def loss(self, module, inputs, logits, targets, ctx):
         with torch.no_grad():
             teacher = ctx.projection.restrict(self.teacher(inputs)).float()
-        return F.cross_entropy(logits, targets) + self.strength * distillation_loss(logits, teacher, self.temperature)
+        return F.cross_entropy(logits, targets) + self.strength * distillation_loss(logits, teacher, self.temperature,
+                                                                                   self.squared)

@@ -1,12 +1,15 @@
 """Visual prompting (Bahng et al., 2022): a learned pad prompt; the model itself is frozen.
 
 The prompt is added to the normalised image on a frame of ``width`` pixels (the paper: 30 at
-224 px) and starts at zero, so training starts at the pretrained model. The checkpoint keeps the
-prompt around the unchanged model (a ``pad_prompt`` wrapper, see :mod:`rib.models.wrappers`).
+224 px). As in the reference code's PadPrompter, its four parts start from N(0, 1) in
+normalised-pixel space (drawn from the run's seed), only the prompt is optimised and the model
+stays in eval mode; ``init: zeros`` starts at the pretrained model instead. The checkpoint keeps
+the prompt around the unchanged model (a ``pad_prompt`` wrapper, see :mod:`rib.models.wrappers`).
 """
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from ..models.wrappers import PadPrompter
@@ -23,6 +26,11 @@ class VisualPrompt(Method):
             wrapped = PadPrompter(model, int(self.config["width"]), ctx.prep.input_size)
         except ValueError as err:
             raise MethodError(f"methods.{self.config.get('entry', self.name)}.width: {err}") from None
+        if self.config.get("init", "normal") == "normal":
+            generator = torch.Generator().manual_seed(ctx.seed * 1_000_037 + 53)
+            with torch.no_grad():
+                for p in self.trainable_parameters(wrapped):
+                    p.copy_(torch.randn(p.shape, generator=generator))
         return wrapped.to(ctx.device)
 
     def trainable_parameters(self, module: nn.Module) -> list[nn.Parameter]:

@@ -1,13 +1,16 @@
-"""Fine-tuning with a pull toward the pretrained weights: L2-SP, EWC and MAS.
+"""Fine-tuning with a pull toward the pretrained weights: the reference code's "EWC", L2-SP, EWC and MAS.
 
-All three add ``strength / 2 * sum_i w_i (theta_i - theta0_i)^2`` to the cross-entropy, over every
+All add ``factor * strength * sum_i w_i (theta_i - theta0_i)^2`` to the cross-entropy, over every
 trained parameter, where theta0 are the pretrained weights:
 
-* L2-SP (Li et al., 2018): ``w_i = 1``.
-* EWC (Kirkpatrick et al., 2017): ``w_i`` = the diagonal Fisher information of the pretrained
-  model on pretraining-domain images, ``E_x E_{y ~ p(y|x)} [(d log p(y|x) / d theta_i)^2]``, with
-  one label drawn from the model's own prediction per image (seeded), one image at a time.
-* MAS (Aljundi et al., 2018): ``w_i`` = the mean over pretraining-domain images of
+* ``ewc`` as the paper's code has it (FieteLab/ImageNet-RIB, ``ewc_penalty``): ``w_i = 1``, factor
+  1, strength 1: a plain L2 pull, no Fisher information.
+* L2-SP (Li et al., 2018): ``w_i = 1``, factor 1/2 (``alpha / 2 * ||theta - theta0||^2``).
+* EWC (Kirkpatrick et al., 2017), registered as ``ewc_fisher``: factor 1/2, ``w_i`` = the diagonal
+  Fisher information of the pretrained model on pretraining-domain images,
+  ``E_x E_{y ~ p(y|x)} [(d log p(y|x) / d theta_i)^2]``, with one label drawn from the model's own
+  prediction per image (seeded), one image at a time.
+* MAS (Aljundi et al., 2018): factor 1/2, ``w_i`` = the mean over pretraining-domain images of
   ``|d ||f(x)||^2 / d theta_i|``, the sensitivity of the squared norm of the logits.
 
 The importance weights are computed once, at the start of training, and kept in the method's
@@ -30,6 +33,7 @@ log = logging.getLogger("rib.methods")
 
 class AnchoredPull(Method):
     uses_importance = False
+    factor = 0.5  # of strength x the (weighted) squared distance
 
     def __init__(self, config: dict):
         super().__init__(config)
@@ -55,7 +59,7 @@ class AnchoredPull(Method):
         return total if total is not None else torch.zeros(())
 
     def loss(self, module, inputs, logits, targets, ctx):
-        return F.cross_entropy(logits, targets) + 0.5 * self.strength * self.penalty(module)
+        return F.cross_entropy(logits, targets) + self.factor * self.strength * self.penalty(module)
 
     def start(self, module: nn.Module, ctx: TrainContext) -> None:
         if not self.uses_importance or self.importance is not None:
@@ -99,12 +103,19 @@ class AnchoredPull(Method):
             self.importance = state["importance"]
 
 
+class L2Pull(AnchoredPull):
+    """The reference code's "EWC": ``strength * ||theta - theta0||^2``."""
+
+    name = "ewc"
+    factor = 1.0
+
+
 class L2SP(AnchoredPull):
     name = "l2sp"
 
 
 class EWC(AnchoredPull):
-    name = "ewc"
+    name = "ewc_fisher"
     uses_importance = True
 
     def per_sample_objective(self, logits, generator):

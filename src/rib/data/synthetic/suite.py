@@ -106,6 +106,11 @@ def _classes(dataset: str, shapes: tuple[ShapeClass, ...], seed: int) -> tuple[D
     return tuple(DatasetClass(s.wnid, (s.wnid,)) for s in chosen)
 
 
+# As ImageNet-C, -Cartoon and -Drawing keep the file names of the ImageNet val photos they render,
+# c, cartoon and drawing name their images as the source's (<wnid>_<index>): one photo family.
+SOURCE_PHOTOS = "source"
+PHOTO_FAMILY = ("source", "cartoon", "drawing", "c")
+
 LAYOUT = {"source": "wnid_folders", "v2": "index_folders", "objectnet": "mapped_folders",
           "c": "corruption_tree", "narrow": "wnid_folders", "diverse": "wnid_folders"}
 
@@ -127,6 +132,7 @@ def build_suite(params: dict) -> Suite:
             corruptions=CORRUPTIONS if name == "c" else (),
             severities=SEVERITIES if name == "c" else (),
             border=OBJECTNET_BORDER if name == "objectnet" else 0,
+            photos=SOURCE_PHOTOS if name in PHOTO_FAMILY else None,
         )
     return Suite(
         name=SUITE,
