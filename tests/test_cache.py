@@ -18,7 +18,7 @@ from rib.models import network
 from rib.models.registry import Preprocessing
 
 PREP = Preprocessing(32)
-KEY = "32px-bilinear-crop1"
+KEY = "v2-32px-bilinear-crop1-center"
 
 
 def _build(root: Path, dataset: str, shard_size: int = 7) -> Path:
@@ -30,10 +30,12 @@ def _build(root: Path, dataset: str, shard_size: int = 7) -> Path:
 
 def test_key_round_trip():
     prep = Preprocessing(224, "bicubic", 0.875)
-    assert cache.prep_key(prep) == "224px-bicubic-crop0.875"
-    assert cache.prep_from_key("224px-bicubic-crop0.875") == Preprocessing(224, "bicubic", 0.875)
+    assert cache.prep_key(prep) == "v2-224px-bicubic-crop0.875-center"
+    assert cache.prep_from_key("v2-224px-bicubic-crop0.875-center") == Preprocessing(224, "bicubic", 0.875)
     with pytest.raises(DataError, match="not a preprocessing key"):
         cache.prep_from_key("224-bicubic")
+    with pytest.raises(DataError, match="an earlier pixel rule"):  # the key of version 1
+        cache.prep_from_key("224px-bicubic-crop0.875")
 
 
 def test_cached_pixels_are_the_decoded_ones_in_any_order(in_tiny_suite, tmp_path):
@@ -70,7 +72,7 @@ def test_damage_is_detected(in_tiny_suite, tmp_path):
     shard.write_bytes(bytes(data[:-100]))
     with pytest.raises(DamagedFileError, match="shard-00001.npy: missing or truncated cache shard"):
         cache.open_cache(folder, prepared, PREP)
-    with pytest.raises(DataError, match=f"cached at {KEY}, but the model wants 64px-bilinear-crop1"):
+    with pytest.raises(DataError, match=f"cached at {KEY}, but the model wants v2-64px-bilinear-crop1-center"):
         cache.open_cache(folder, prepared, Preprocessing(64))
     with pytest.raises(DataError, match="cache of 'sketch' with another manifest"):
         cache.open_cache(folder, load_prepared("data/rib-mini/prepared/c"), PREP)

@@ -1,11 +1,13 @@
 """The preprocessed-image cache: a dataset decoded, resized and cropped once per preprocessing.
 
-Every model with the same preprocessing (input size, interpolation, crop fraction; the mean and std
-are applied per batch later) sees the same uint8 pixels, so the pipeline decodes each dataset once
-per preprocessing (`rib cache build`, Snakemake rule and DVC stage ``cache``) and every evaluation
-and fine-tuning job reads the result as memory-mapped arrays instead of decoding JPEGs again.
+Every model with the same preprocessing (input size, interpolation, crop fraction, crop mode and,
+for 'border', the fill colour; the mean and std are applied per batch later) sees the same uint8
+pixels, so the pipeline decodes each dataset once per preprocessing (`rib cache build`, Snakemake
+rule and DVC stage ``cache``) and every evaluation and fine-tuning job reads the result as
+memory-mapped arrays instead of decoding JPEGs again.
 
-A cache folder, ``cache/<suite>/<key>/<dataset>/`` with ``key`` from :func:`prep_key`, holds
+A cache folder, ``cache/<suite>/<key>/<dataset>/`` with ``key`` from :func:`prep_key` (which
+starts with the version of the pixel rule, ``v2-``: folders of older rules are never used), holds
 
 * ``shard-00000.npy``, ...: uint8 arrays (k, 3, S, S), the dataset's rows in manifest order,
   ``shard_size`` rows per shard (NumPy's .npy format, opened with ``mmap_mode="r"``);
@@ -32,26 +34,46 @@ import torch
 
 from ..errors import DamagedFileError, FormatError
 from ..io import atomic_dir, read_json, sha256_file, write_json
-from ..models.registry import Preprocessing, prep_key
+from ..models.registry import PIXEL_RULE, Preprocessing, prep_key
 from ..progress import progress
 from .manifest import DataError, PreparedDataset
 
 log = logging.getLogger("rib.cache")
 
-FORMAT = 1
+# 2: the pixels of rule 2 (registry.PIXEL_RULE), the preprocessing with crop_mode and fill
+FORMAT = 2
 SHARD_SIZE = 4096
-_KEY = re.compile(r"^(\d+)px-(bilinear|bicubic|nearest)-crop([0-9.]+)$")
+_KEY = re.compile(rf"^v{PIXEL_RULE}-(\d+)px-(bilinear|bicubic|nearest)-crop([0-9]+(?:\.[0-9]+)?)"
+                  r"(?:-(center|squash)|-(border)-fill(\d{1,3})-(\d{1,3})-(\d{1,3}))$")
+_OLD_KEY = re.compile(r"^\d+px-(bilinear|bicubic|nearest)-crop[0-9.]+$")
 
 
 def prep_from_key(key: str) -> Preprocessing:
+    """The inverse of :func:`prep_key` (the mean and std are not part of a key: they are defaults)."""
     m = _KEY.match(key)
     if not m:
-        raise DataError(f"{key!r} is not a preprocessing key (expected e.g. 224px-bicubic-crop0.875)")
-    return Preprocessing(int(m.group(1)), m.group(2), float(m.group(3)))
+        old = (f"; {key!r} names a cache of an earlier pixel rule, which is not used: build the caches again"
+               if _OLD_KEY.match(key) else "")
+        example = prep_key(Preprocessing(224, "bicubic", 0.875))
+        raise DataError(f"{key!r} is not a preprocessing key (expected e.g. {example}){old}")
+    size, interpolation, crop = int(m.group(1)), m.group(2), float(m.group(3))
+    try:
+        if m.group(4):
+            prep = Preprocessing(size, interpolation, crop, crop_mode=m.group(4))
+        else:
+            prep = Preprocessing(size, interpolation, crop, crop_mode="border",
+                                 fill=tuple(int(v) for v in m.group(6, 7, 8)))
+    except ValueError as err:
+        raise DataError(f"{key!r}: {err}") from None
+    if prep_key(prep) != key:  # e.g. crop0.8750 or a leading zero: one key per preprocessing
+        raise DataError(f"{key!r} is not a preprocessing key as rib writes it ({prep_key(prep)!r})")
+    return prep
 
 
 def _pixels(prep: Preprocessing) -> dict:
-    return {"input_size": prep.input_size, "interpolation": prep.interpolation, "crop_pct": prep.crop_pct}
+    """What decides the pixels (info.json's ``preprocessing``)."""
+    return {"input_size": prep.input_size, "interpolation": prep.interpolation, "crop_pct": prep.crop_pct,
+            "crop_mode": prep.crop_mode, "fill": list(prep.fill), "pixel_rule": PIXEL_RULE}
 
 
 def build(prepared: PreparedDataset, prep: Preprocessing, out: str | Path, *, workers: int = 0,

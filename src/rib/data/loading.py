@@ -36,28 +36,68 @@ def _open_rgb(source, where) -> Image.Image:
         raise DataError(f"{where}: not a readable image ({type(err).__name__}: {err})") from None
 
 
-def _geometry(w: int, h: int, prep: Preprocessing) -> tuple[int, int, int, int]:
-    """Resize the shorter side to size / crop_pct, then take the central size x size crop:
-    the resized (w, h) and the crop's (left, top)."""
+@dataclass(frozen=True)
+class Geometry:
+    """The steps that take a (w, h) image to the model's size x size input."""
+
+    resize: tuple[int, int]  # (w, h) after resizing; the image's own size when it is not resized
+    pad: tuple[int, int, int, int]  # then padding (left, top, right, bottom) with prep.fill ('border') or 0
+    crop: tuple[int, int]  # then the size x size crop's (left, top) in the padded image
+
+
+def _resized_size(w: int, h: int, prep: Preprocessing) -> tuple[int, int]:
+    """(w, h) after the resize of the model's eval transform (timm's transforms_imagenet_eval,
+    open_clip's image_transform), with their arithmetic."""
+    scale = math.floor(prep.input_size / prep.crop_pct)
+    if prep.crop_mode == "squash":  # torchvision Resize((scale, scale))
+        return scale, scale
+    if prep.crop_mode == "border":  # ResizeKeepRatio((scale, scale), longest=1): the longer side to scale
+        ratio = max(h / scale, w / scale)  # its max * longest + min * (1 - longest), exactly
+        return round(w / ratio), round(h / ratio)  # Python's round (half to even), as there
+    # torchvision Resize(scale): the shorter side to scale, the longer one truncated
+    if w <= h:
+        return scale, int(scale * h / w)
+    return int(scale * w / h), scale
+
+
+def _geometry(w: int, h: int, prep: Preprocessing) -> Geometry:
+    """Resize (see Preprocessing.crop_mode), then torchvision's centre crop (CenterCrop, or timm's and
+    open_clip's CenterCropOrPad): a side shorter than size is padded, (size - side) // 2 before it,
+    the rest after; the crop starts at round((side - size) / 2)."""
     size = prep.input_size
-    resize_to = int(math.floor(size / prep.crop_pct))
-    if min(w, h) != resize_to:
-        scale = resize_to / min(w, h)
-        w, h = max(resize_to, round(w * scale)), max(resize_to, round(h * scale))
-    return w, h, int(round((w - size) / 2.0)), int(round((h - size) / 2.0))
+    w, h = _resized_size(w, h, prep)
+    if min(w, h) < 1:
+        raise ValueError(f"the image resizes to {w}x{h} pixels")
+    pad = ((size - w) // 2 if size > w else 0, (size - h) // 2 if size > h else 0,
+           (size - w + 1) // 2 if size > w else 0, (size - h + 1) // 2 if size > h else 0)
+    pw, ph = w + pad[0] + pad[2], h + pad[1] + pad[3]
+    return Geometry((w, h), pad, (int(round((pw - size) / 2.0)), int(round((ph - size) / 2.0))))
 
 
 def load_image(path: Path, prep: Preprocessing, border: int = 0) -> torch.Tensor:
+    """uint8 (3, S, S): the image in ``prep``, pixel for pixel what the model's own library's eval
+    transform makes of it (timm's transforms_imagenet_eval, open_clip's image_transform: torchvision's
+    Resize, CenterCrop / CenterCropOrPad on the RGB PIL image), after cropping ``border`` pixels from
+    every side."""
     img = _open_rgb(path, path)
     if border:  # a frame that is not part of the picture (ObjectNet)
         img = img.crop((border, border, img.size[0] - border, img.size[1] - border))
     size = prep.input_size
-    w, h, left, top = _geometry(*img.size, prep)
-    if (w, h) != img.size:
-        img = img.resize((w, h), _INTERPOLATION[prep.interpolation])
-    if (w, h) != (size, size):
+    try:
+        g = _geometry(*img.size, prep)
+    except ValueError as err:
+        raise DataError(f"{path}: {img.size[0]}x{img.size[1]} pixels cannot be preprocessed ({err})") from None
+    if g.resize != img.size:
+        img = img.resize(g.resize, _INTERPOLATION[prep.interpolation])
+    if any(g.pad):  # as torchvision's pad on PIL images (ImageOps.expand)
+        left, top, right, bottom = g.pad
+        canvas = Image.new("RGB", (img.size[0] + left + right, img.size[1] + top + bottom), prep.fill)
+        canvas.paste(img, (left, top))
+        img = canvas
+    if img.size != (size, size):
+        left, top = g.crop
         img = img.crop((left, top, left + size, top + size))
-    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)))
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -146,8 +186,8 @@ def _collate_encoded(items):
 
 def decode_on_device(blobs: list[bytes], prep: Preprocessing, device: torch.device, border: int = 0,
                      paths: list | None = None) -> torch.Tensor:
-    """uint8 (N, 3, S, S): decode (JPEG on ``device``), crop the border, resize the shorter side to
-    size / crop_pct (antialiased), centre-crop; the steps of :func:`load_image`."""
+    """uint8 (N, 3, S, S): decode (JPEG on ``device``), crop the border, resize, pad and crop as
+    :func:`load_image` does (the same sizes and offsets; the resize antialiased in torch)."""
     import torch.nn.functional as F
     import torchvision
     from torchvision.io import ImageReadMode
@@ -168,11 +208,23 @@ def decode_on_device(blobs: list[bytes], prep: Preprocessing, device: torch.devi
     for k, img in enumerate(images):
         if border:
             img = img[:, border:img.shape[1] - border, border:img.shape[2] - border]
-        w, h, left, top = _geometry(img.shape[2], img.shape[1], prep)
+        try:
+            g = _geometry(img.shape[2], img.shape[1], prep)
+        except ValueError as err:
+            where = paths[k] if paths else f"image {k}"
+            raise DataError(f"{where}: {img.shape[2]}x{img.shape[1]} pixels cannot be preprocessed ({err})") from None
+        w, h = g.resize
         if (h, w) != tuple(img.shape[1:]):
             img = F.interpolate(img[None].float(), size=(h, w), mode=mode, antialias=mode != "nearest",
                                 align_corners=False if mode != "nearest" else None)[0]
             img = img.round_().clamp_(0, 255).to(torch.uint8)
+        if any(g.pad):
+            left, top, right, bottom = g.pad
+            canvas = torch.tensor(prep.fill, dtype=torch.uint8, device=device).view(3, 1, 1)
+            canvas = canvas.expand(3, h + top + bottom, w + left + right).clone()
+            canvas[:, top:top + h, left:left + w] = img
+            img = canvas
+        left, top = g.crop
         out[k] = img[:, top:top + size, left:left + size]
     return out
 

@@ -22,17 +22,19 @@ from ..errors import RibError
 
 class ZeroShotClassifier(nn.Module):
     def __init__(self, visual: nn.Module, head_weight: torch.Tensor):
+        from .heads import Float32Linear
+
         super().__init__()
         self.visual = visual
         num_classes, dim = head_weight.shape
-        self.head = nn.Linear(dim, num_classes, bias=False)
+        self.head = Float32Linear(dim, num_classes, bias=False)  # logits in fp32 under autocast (rib.models.heads)
         with torch.no_grad():
             self.head.weight.copy_(head_weight)
         self.num_features = dim
         self.num_classes = num_classes
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.visual(x), dim=-1)
+        return F.normalize(self.visual(x).float(), dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(x))
@@ -63,37 +65,68 @@ def zero_shot_head(model, tokenizer, classnames: Sequence[str], templates: Seque
     return (model.logit_scale.exp() * weights.T).float().cpu()
 
 
-def _create(arch: str, pretrained: str | None = None, weights_file: str | None = None):
+def uses_quick_gelu(arch: str, pretrained: str | None) -> bool:
+    """Do open_clip's weights ``arch``/``pretrained`` use QuickGELU (``x * sigmoid(1.702 x)``, OpenAI's
+    CLIP activation) rather than GELU? open_clip's pretrained config of the tag says so (``quick_gelu``:
+    OpenAI's weights, LAION-400M's, MetaCLIP's, ...), as does the config of a ``-quickgelu`` architecture.
+    ``open_clip.create_model(arch, pretrained=tag)`` only warns about a tag of the other activation and
+    builds the architecture's (GELU), so rib decides here and forces it; the decision depends on the
+    names alone, so weights of that tag read from a local file get the same activation."""
     import open_clip
 
+    tag = open_clip.get_pretrained_cfg(arch, pretrained) if pretrained else {}
+    own = open_clip.get_model_config(arch) if ":" not in arch else None  # a built-in architecture's config
+    return bool(tag.get("quick_gelu") or (own or {}).get("quick_gelu"))
+
+
+def _create(arch: str, pretrained: str | None = None, weights_file: str | None = None,
+            quick_gelu: bool | None = None):
+    """``quick_gelu``: None decides from the tag (:func:`uses_quick_gelu`)."""
+    import open_clip
+
+    if quick_gelu is None:
+        quick_gelu = uses_quick_gelu(arch, pretrained)
     try:
-        return open_clip.create_model(arch, pretrained=weights_file or pretrained)
+        return open_clip.create_model(arch, pretrained=weights_file or pretrained, force_quick_gelu=quick_gelu)
     except Exception as err:  # hub, network, file and config errors come in many types
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         where = f"from {weights_file}" if weights_file else "(this needs internet: run it on a machine that has it)"
         raise RibError(f"open_clip:{arch}/{pretrained}: could not load weights {where}: {first}") from None
 
 
-def create(arch: str, num_classes: int) -> ZeroShotClassifier:
-    """The architecture with random weights and an empty head (to load a saved checkpoint into)."""
-    model = _create(arch)
+def create(arch: str, num_classes: int, quick_gelu: bool = False) -> ZeroShotClassifier:
+    """The architecture with random weights and an empty head (to load a saved checkpoint into);
+    ``quick_gelu`` as recorded in the checkpoint's ``arch_kwargs`` (see :func:`uses_quick_gelu`)."""
+    model = _create(arch, quick_gelu=quick_gelu)
     return ZeroShotClassifier(model.visual, torch.zeros(num_classes, model.visual.output_dim))
 
 
-def preprocessing(model) -> dict:
-    size = model.visual.image_size
-    size = size[0] if isinstance(size, (tuple, list)) else size
-    cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
-    return {"input_size": int(size), "interpolation": cfg.get("interpolation", "bicubic"), "crop_pct": 1.0,
-            "mean": [float(v) for v in getattr(model.visual, "image_mean", None) or cfg.get("mean")],
-            "std": [float(v) for v in getattr(model.visual, "image_std", None) or cfg.get("std")]}
+def preprocessing(model, arch: str | None = None, pretrained: str | None = None) -> dict:
+    """open_clip's eval transform of ``model`` as a Preprocessing dict: ``model.visual.preprocess_cfg``
+    (resize mode, interpolation, fill colour, mean, std: what create_model_and_transforms builds its
+    preprocess_val from) at the tower's image size. With ``arch`` and a pretrained tag, the tag's
+    config is laid over it, as open_clip does when it loads the tag itself (a model loaded from a
+    weights file has only the defaults); the same config as registry.preprocessing_of's."""
+    import open_clip
+    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
+
+    from .registry import from_open_clip_config
+
+    cfg = merge_preprocess_dict(PreprocessCfg(), getattr(model.visual, "preprocess_cfg", None) or {})
+    if arch and pretrained:
+        cfg = merge_preprocess_dict(cfg, open_clip.get_pretrained_cfg(arch.replace("/", "-"), pretrained) or {})
+    cfg["size"] = model.visual.image_size
+    return from_open_clip_config(cfg).as_dict()
 
 
 def build(arch: str, pretrained: str | None, classnames: Sequence[str], templates: Sequence,
-          weights_file: str | os.PathLike | None = None, device="cpu") -> tuple[ZeroShotClassifier, dict]:
-    """Load an open_clip model and give it a zero-shot head over ``classnames``."""
+          weights_file: str | os.PathLike | None = None, device="cpu",
+          quick_gelu: bool | None = None) -> tuple[ZeroShotClassifier, dict]:
+    """Load an open_clip model and give it a zero-shot head over ``classnames``. The activation is
+    the one the weights were trained with (``quick_gelu`` None: decided from ``arch`` and the tag
+    ``pretrained``, also when the weights come from ``weights_file``; see :func:`uses_quick_gelu`)."""
     import open_clip
 
-    model = _create(arch, pretrained, str(weights_file) if weights_file else None).to(device).eval()
+    model = _create(arch, pretrained, str(weights_file) if weights_file else None, quick_gelu).to(device).eval()
     head = zero_shot_head(model, open_clip.get_tokenizer(arch), classnames, templates, device=device)
-    return ZeroShotClassifier(model.visual.cpu(), head), preprocessing(model)
+    return ZeroShotClassifier(model.visual.cpu(), head), preprocessing(model, arch, pretrained)

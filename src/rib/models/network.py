@@ -7,6 +7,7 @@ label space of the head, the preprocessing, the weights and a ``meta`` record of
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,21 +17,30 @@ from torch import nn
 
 from ..errors import DamagedFileError, FormatError, MissingFileError, RibError, out_of_memory
 from ..io import atomic_path, tree_digest, write_error
-from .registry import ModelSpec, Preprocessing
+from .heads import float32_heads
+from .registry import ModelSpec, Preprocessing, from_timm_config
 
 FORMAT = "rib.checkpoint/1"
 DIGEST = "sha256"  # of everything else in the checkpoint, recorded when it is written
 
+log = logging.getLogger("rib")
+
 
 def create(arch: str, arch_kwargs: dict, num_classes: int) -> nn.Module:
-    """The architecture with random weights: a timm name, or ``open_clip:ARCH`` (image tower + head)."""
+    """The architecture with random weights: a timm name, or ``open_clip:ARCH`` (image tower + head;
+    ``arch_kwargs``: ``quick_gelu``, the activation its weights were fetched with).
+
+    Its classification head computes in float32, under bf16 autocast too (:mod:`rib.models.heads`):
+    the logits are not rounded to bf16. The head keeps its state-dict keys."""
     if arch.startswith("open_clip:"):
         from . import clip
 
-        return clip.create(arch.split(":", 1)[1], num_classes)
-    import timm
+        model = clip.create(arch.split(":", 1)[1], num_classes, **arch_kwargs)
+    else:
+        import timm
 
-    return timm.create_model(arch, pretrained=False, num_classes=num_classes, **arch_kwargs)
+        model = timm.create_model(arch, pretrained=False, num_classes=num_classes, **arch_kwargs)
+    return float32_heads(model)
 
 
 def build(spec: ModelSpec, num_classes: int) -> nn.Module:
@@ -152,6 +162,8 @@ def load(path: str | os.PathLike, map_location="cpu") -> Checkpoint:
         raise DamagedFileError(f"{path}: checkpoint does not match the digest recorded when it was written "
                                "(altered or damaged)", path)
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in payload["arch_kwargs"].items()}
+    if payload["arch"].startswith("open_clip:") and "quick_gelu" not in kwargs:
+        _note_unrecorded_activation(path, payload["meta"])
     model = create(payload["arch"], kwargs, len(payload["label_space"]))
     if payload.get("wrapper"):
         from .wrappers import wrap
@@ -164,6 +176,19 @@ def load(path: str | os.PathLike, map_location="cpu") -> Checkpoint:
         raise FormatError(f"{path}: weights do not fit architecture {payload['arch']} ({first})") from None
     return Checkpoint(model, payload["name"], payload["arch"], kwargs, payload["label_space"],
                       Preprocessing.from_dict(payload["preprocessing"]), payload["meta"], payload.get("wrapper"))
+
+
+def _note_unrecorded_activation(path: Path, meta: dict) -> None:
+    """An open_clip checkpoint fetched before rib recorded the activation was built with GELU (and
+    loads so, as it was made and trained); say so when its weights were trained with QuickGELU."""
+    from . import clip
+
+    weights = str(meta.get("weights", ""))
+    arch, _, tag = weights.partition(":")[2].partition("/")
+    if weights.startswith("open_clip:") and clip.uses_quick_gelu(arch, tag):
+        log.warning("%s: built with GELU, but the weights %s were trained with QuickGELU (a checkpoint fetched "
+                    "before rib used the weights' own activation); fetch it again: rib models fetch %s", path,
+                    weights, weights)
 
 
 def _load_error(name: str, err: Exception, weights_file) -> RibError:
@@ -190,8 +215,7 @@ def fetch_timm(name: str, arch: str, out: str | os.PathLike, label_space: list[s
     if model.num_classes != len(label_space):
         raise RibError(f"{name}: its head has {model.num_classes} classes, the suite's label space {len(label_space)}")
     cfg = resolve_data_config({}, model=model)
-    prep = Preprocessing(int(cfg["input_size"][-1]), str(cfg["interpolation"]), float(cfg["crop_pct"]),
-                         tuple(float(v) for v in cfg["mean"]), tuple(float(v) for v in cfg["std"]))
+    prep = from_timm_config(cfg)  # size, interpolation, crop_pct, crop_mode, mean, std
     save(out, model, name=name, arch=arch, arch_kwargs={}, label_space=label_space, preprocessing=prep,
          meta={"kind": "pretrained", "weights": f"timm:{arch}", "weights_file": str(weights_file or ""),
                "parameters": count_parameters(model), "feature_dim": feature_dim(model)})
@@ -205,9 +229,11 @@ def fetch_open_clip(name: str, arch: str, pretrained: str, out: str | os.PathLik
 
     if len(classnames) != len(label_space):
         raise RibError(f"{name}: {len(classnames)} class names for a label space of {len(label_space)}")
-    model, prep = clip.build(arch, pretrained, classnames, templates, weights_file=weights_file, device=device)
-    save(out, model, name=name, arch=f"open_clip:{arch}", arch_kwargs={}, label_space=label_space,
-         preprocessing=Preprocessing.from_dict(prep),
+    quick_gelu = clip.uses_quick_gelu(arch, pretrained)  # from the tag, weights_file or not
+    model, prep = clip.build(arch, pretrained, classnames, templates, weights_file=weights_file, device=device,
+                             quick_gelu=quick_gelu)
+    save(out, model, name=name, arch=f"open_clip:{arch}", arch_kwargs={"quick_gelu": quick_gelu},
+         label_space=label_space, preprocessing=Preprocessing.from_dict(prep),
          meta={"kind": "pretrained", "weights": f"open_clip:{arch}/{pretrained}", "weights_file": str(weights_file or ""),
                "head": f"zero-shot, {len(templates)} templates", "parameters": count_parameters(model),
                "feature_dim": feature_dim(model)})

@@ -11,23 +11,101 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+# How the image is brought to input_size x input_size (the eval transforms of timm and open_clip):
+#   center  resize the shorter side to floor(size / crop_pct), keeping the aspect ratio, then take the
+#           central crop (timm's crop_mode 'center'; open_clip's resize_mode 'shortest')
+#   squash  resize both sides to floor(size / crop_pct), ignoring the aspect ratio, then take the central
+#           crop (timm's 'squash'; open_clip's 'squash', where crop_pct is 1)
+#   border  resize the longer side to floor(size / crop_pct), keeping the aspect ratio, then pad with
+#           ``fill`` to a square and take the central crop (timm's 'border', whose fill is the mean as
+#           uint8; open_clip's 'longest', whose fill is its fill_color)
+CROP_MODES = ("center", "squash", "border")
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+# The version of the rule that turns an image into a model's pixels (rib.data.loading): a part of
+# every cache key, so caches decoded by an earlier rule are never read as this rule's.
+# 1: PIL resize with a rounded longer side (unversioned keys, 224px-bicubic-crop0.875)
+# 2: exactly timm's / open_clip's eval transform (torchvision's Resize and CenterCrop on PIL images)
+PIXEL_RULE = 2
+
+
 @dataclass(frozen=True)
 class Preprocessing:
-    """How a model wants its images: the eval transform used for training and evaluation alike."""
+    """How a model wants its images: the eval transform used for training and evaluation alike.
+
+    ``input_size``, ``interpolation``, ``crop_pct``, ``crop_mode`` and (for ``border``) ``fill``
+    decide the uint8 pixels (:func:`prep_key`); ``mean`` and ``std`` are applied per batch later."""
 
     input_size: int
     interpolation: str = "bilinear"
     crop_pct: float = 1.0
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    crop_mode: str = "center"  # center | squash | border (see CROP_MODES above)
+    fill: tuple[int, int, int] = (0, 0, 0)  # the padding colour of 'border' (only there; else (0, 0, 0))
+
+    def __post_init__(self):
+        if not (self.input_size > 0 and self.crop_pct > 0):
+            raise ValueError(f"input size {self.input_size}, crop fraction {self.crop_pct}: expected both > 0")
+        if self.crop_mode not in CROP_MODES:
+            raise ValueError(f"crop mode {self.crop_mode!r}: expected one of {', '.join(CROP_MODES)}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation {self.interpolation!r}: expected one of {', '.join(INTERPOLATIONS)}")
+        fill = tuple(int(v) for v in self.fill) if self.crop_mode == "border" else (0, 0, 0)
+        if len(fill) != 3 or not all(0 <= v <= 255 for v in fill):
+            raise ValueError(f"fill {self.fill!r}: expected three values in 0..255")
+        object.__setattr__(self, "fill", fill)
 
     def as_dict(self) -> dict:
         return {"input_size": self.input_size, "interpolation": self.interpolation, "crop_pct": self.crop_pct,
-                "mean": list(self.mean), "std": list(self.std)}
+                "mean": list(self.mean), "std": list(self.std), "crop_mode": self.crop_mode,
+                "fill": list(self.fill)}
 
     @classmethod
     def from_dict(cls, d: dict) -> Preprocessing:
-        return cls(int(d["input_size"]), d["interpolation"], float(d["crop_pct"]), tuple(d["mean"]), tuple(d["std"]))
+        """The inverse of :meth:`as_dict`; dicts of older checkpoints (no crop_mode, fill) are 'center'."""
+        return cls(int(d["input_size"]), d["interpolation"], float(d["crop_pct"]), tuple(d["mean"]), tuple(d["std"]),
+                   d.get("crop_mode", "center"), tuple(d.get("fill", (0, 0, 0))))
+
+
+def from_timm_config(cfg: dict) -> Preprocessing:
+    """A timm data config (``resolve_data_config``'s, with its defaults for missing keys) as what
+    ``transforms_imagenet_eval`` does with it."""
+    size = cfg.get("input_size") or (3, 224, 224)
+    if size[-1] != size[-2]:
+        raise ValueError(f"input size {tuple(size)}: only square inputs are supported")
+    mean = tuple(float(v) for v in cfg.get("mean") or (0.485, 0.456, 0.406))
+    mode = cfg.get("crop_mode") or "center"
+    interpolation = str(cfg.get("interpolation") or "bicubic")
+    return Preprocessing(int(size[-1]), interpolation, float(cfg.get("crop_pct") or 0.875), mean,
+                         tuple(float(v) for v in cfg.get("std") or (0.229, 0.224, 0.225)), mode,
+                         tuple(round(255 * v) for v in mean) if mode == "border" else (0, 0, 0))
+
+
+# open_clip's eval resize modes as crop modes (image_transform, is_train=False)
+OPEN_CLIP_MODES = {"shortest": "center", "squash": "squash", "longest": "border"}
+
+
+def from_open_clip_config(cfg: dict) -> Preprocessing:
+    """An open_clip preprocess config (``model.visual.preprocess_cfg``, or a pretrained tag's config
+    with the model's image size as ``size``) as what ``open_clip.image_transform(is_train=False)`` does
+    with it: no crop_pct (1), interpolation bilinear or else bicubic, fill_color for 'longest'."""
+    size = cfg.get("size", 224)
+    if isinstance(size, (tuple, list)):
+        if size[0] != size[-1]:
+            raise ValueError(f"image size {tuple(size)}: only square inputs are supported")
+        size = size[0]
+    resize_mode = cfg.get("resize_mode") or "shortest"
+    if resize_mode not in OPEN_CLIP_MODES:
+        raise ValueError(f"open_clip resize mode {resize_mode!r}: expected one of {', '.join(OPEN_CLIP_MODES)}")
+    mode = OPEN_CLIP_MODES[resize_mode]
+    interpolation = "bilinear" if cfg.get("interpolation") == "bilinear" else "bicubic"  # as image_transform
+    mean = cfg.get("mean") or (0.48145466, 0.4578275, 0.40821073)
+    std = cfg.get("std") or (0.26862954, 0.26130258, 0.27577711)
+    mean = tuple(float(v) for v in (mean if isinstance(mean, (tuple, list)) else (mean,) * 3))
+    std = tuple(float(v) for v in (std if isinstance(std, (tuple, list)) else (std,) * 3))
+    fill = cfg.get("fill_color") or 0
+    fill = tuple(int(v) for v in (fill if isinstance(fill, (tuple, list)) else (fill,) * 3))
+    return Preprocessing(int(size), interpolation, 1.0, mean, std, mode, fill if mode == "border" else (0, 0, 0))
 
 
 @dataclass(frozen=True)
@@ -184,32 +262,52 @@ def _prefixed(name: str, params: dict) -> ModelSpec:
 
 
 def prep_key(prep: Preprocessing) -> str:
-    """The part of a preprocessing that decides the pixels, as a folder name: 224px-bicubic-crop0.9
-    (the image caches are named by it, rib.data.cache)."""
-    return f"{prep.input_size}px-{prep.interpolation}-crop{prep.crop_pct:g}"
+    """The part of a preprocessing that decides the pixels, as a folder name (the image caches are
+    named by it, rib.data.cache): the pixel rule's version, then size, interpolation, crop fraction and
+    crop mode, e.g. ``v2-224px-bicubic-crop0.9-center``; 'border' adds its fill colour
+    (``v2-224px-bicubic-crop1-border-fill0-0-0``). Keys of version 1 (``224px-bicubic-crop0.9``)
+    named caches decoded by an earlier rule, which are not used."""
+    crop = repr(float(prep.crop_pct)).removesuffix(".0")  # the shortest exact form: 1, 0.875, 0.9
+    key = f"v{PIXEL_RULE}-{prep.input_size}px-{prep.interpolation}-crop{crop}-{prep.crop_mode}"
+    return key + ("-fill{}-{}-{}".format(*prep.fill) if prep.crop_mode == "border" else "")
 
 
 def preprocessing_of(spec: ModelSpec) -> Preprocessing:
     """The preprocessing a model's checkpoint will carry, known before its weights are fetched (the
     pipeline names the image caches by it). rib-mini: the registry's; timm: the pretrained config
-    timm ships; open_clip: its model config (bicubic resize of the shorter side, centre crop)."""
+    timm ships (as ``resolve_data_config`` reads it); open_clip: the model config's image size and
+    the pretrained tag's preprocess config (resize mode, interpolation, mean, std), as
+    ``open_clip.create_model_and_transforms`` resolves them."""
     if spec.preprocessing is not None:
         return spec.preprocessing
     if spec.source == "open_clip":
         import open_clip
 
-        arch = spec.arch.split(":", 1)[1]
-        cfg = open_clip.get_model_config(arch) or {}
-        size = cfg.get("vision_cfg", {}).get("image_size", 224)
-        size = size[0] if isinstance(size, (list, tuple)) else size
-        return Preprocessing(int(size), "bicubic", 1.0)
+        arch, _, tag = spec.weights.split(":", 1)[1].partition("/")
+        return from_open_clip_config(open_clip_preprocess_cfg(arch, tag))
     import timm
 
     cfg = timm.models.get_pretrained_cfg(spec.arch) or timm.models.get_pretrained_cfg(spec.arch.split(".")[0])
     if cfg is None:
         return Preprocessing(224, "bicubic", 0.875)
-    return Preprocessing(int(cfg.input_size[-1]), str(cfg.interpolation), float(cfg.crop_pct),
-                         tuple(float(v) for v in cfg.mean), tuple(float(v) for v in cfg.std))
+    from timm.data import resolve_data_config
+
+    return from_timm_config(resolve_data_config({}, pretrained_cfg=cfg.to_dict()))
+
+
+def open_clip_preprocess_cfg(arch: str, tag: str | None) -> dict:
+    """open_clip's preprocess config of ``arch`` loaded with the pretrained ``tag``, as its
+    create_model builds it: PreprocessCfg's defaults, the tag's config over them, the model's image
+    size (imports open_clip)."""
+    import open_clip
+    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
+
+    name = arch.replace("/", "-")
+    cfg = merge_preprocess_dict(PreprocessCfg(), (open_clip.get_pretrained_cfg(name, tag) if tag else None) or {})
+    size = ((open_clip.get_model_config(name) or {}).get("vision_cfg") or {}).get("image_size")
+    if size is not None:
+        cfg["size"] = size
+    return cfg
 
 
 def get_model(name: str, params: dict) -> ModelSpec:
