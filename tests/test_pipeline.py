@@ -71,8 +71,8 @@ def test_snakemake_runs_the_whole_tiny_grid(snakemake_run):
     cells = pd.read_csv(reports / "cells.csv")
     assert len(cells) == 3 + 13 * 2 * 3  # (pretrained + 13 methods x 2 D_ft) x 3 evaluation datasets
     by_method = pd.read_csv(reports / "summary_by_method.csv")
-    assert list(by_method.method) == ["ft", "lp", "lp_ft", "lora", "visual_prompt", "ewc", "l2sp", "lwf", "mas",
-                                      "wise_ft", "uniform_soup", "greedy_soup", "model_stock"]
+    assert list(by_method.method) == ["ft", "lp", "lp_ft", "lora", "visual_prompt", "ewc", "ewc_fisher", "lwf",
+                                      "mas", "wise_ft", "uniform_soup", "greedy_soup", "model_stock"]
     # the jobs ran in forks of the warm rib server
     assert "rib server on" in (ws / "logs/rib-mini/server.log").read_text()
     # every job wrote its log, and the fine-tuning logs show per-epoch progress
@@ -108,7 +108,18 @@ def test_snakemake_runs_the_whole_tiny_grid(snakemake_run):
     assert ft["c"]["method_settings"]["lr"] == 0.05 and ft["c"]["method_settings"]["method"] == "lp"
     soup = json.loads((ws / "results/rib-mini/mini_vit.narrow/greedy_soup/c/source.json").read_text())
     assert soup["combination"]["greedy_trail"][0]["added"] and soup["checkpoint"] is None
-    assert set(soup["combination"]["ingredients"]) == {"ft", "lp_ft", "l2sp", "ewc"}
+    assert set(soup["combination"]["ingredients"]) == {"ft", "lp_ft", "ewc", "ewc_fisher"}
+    # Both protocols (split.leak_free): c shares its photos with source, sketch with nothing.
+    assert "## Leak-free protocol" in (reports / "summary.md").read_text()
+    assert {"mri", "mri_leak_free"} <= set(by_method.columns)
+    assert summary.loc[("lp", "sketch"), "mri_leak_free"] == pytest.approx(summary.loc[("lp", "sketch"), "mri"])
+    on_c = {p.stem: json.loads(p.read_text()) for p in (ws / "results/rib-mini/mini_vit.narrow/ft/c").glob("*.json")}
+    assert summary.loc[("ft", "c"), "source_ft_leak_free"] == pytest.approx(
+        100 * on_c["source"]["subsets"]["heldout"]["top1"], abs=1e-3)
+    assert summary.loc[("ft", "c"), "source_pre_leak_free"] == pytest.approx(
+        100 * pre["source"]["subsets"]["heldout"]["top1"], abs=1e-3)
+    assert summary.loc[("ft", "c"), "source_ft"] == pytest.approx(100 * on_c["source"]["subsets"]["all"]["top1"],
+                                                                  abs=1e-3)
 
 
 def test_report_and_one_cell_lookup(snakemake_run):
