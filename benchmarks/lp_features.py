@@ -1,4 +1,4 @@
-"""Linear probing on features computed once against LP with a frozen-backbone forward every epoch.
+"""Linear probing (`linear_probe`) on features computed once against a frozen-backbone forward every epoch.
 
 The same pretrained model, data, schedule (10 epochs by default), seed and thread count; side by
 side in one process. Prints the time of each, the speed-up, and both heads' held-out accuracy.
@@ -82,13 +82,14 @@ def main() -> None:
     data_ft = load_prepared(grid.data_dir(params, "sketch"))
     train = open_dataset(data_ft, "finetune", prep, preload_images=True, show_progress=False)
     projection = LabelProjection(data_ft.classes, labels)
-    cfg = {**params["train"], **params["methods"]["lp"], "epochs": args.epochs}
+    cfg = {**params["train"], **params["methods"]["linear_probe"], "epochs": args.epochs}
     results = {}
     for name, on_features in (("features once", True), ("backbone forward every epoch", False)):
         LinearProbing.head_on_features = on_features
         model = model_from(theta)
         t = time.perf_counter()
-        fit(model, get_method("lp", cfg), train, projection, prep, Schedule.from_config(cfg), seed=0, device=device,
+        fit(model, get_method("linear_probe", cfg), train, projection, prep, Schedule.from_config(cfg), seed=0,
+            device=device,
             state_path=work / f"{on_features}.pt", run_fingerprint="lp", show_progress=False)
         seconds = time.perf_counter() - t
         correct = predict(model, data_ft, labels, prep, scoring="restricted", batch_size=64, device=device,

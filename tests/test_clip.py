@@ -77,6 +77,21 @@ def test_quick_gelu_weights_from_a_file_at_fetch_and_reload(tmp_path, monkeypatc
         gelu_logits = F.normalize(gelu.encode_image(x), dim=-1) @ gelu_head.T
     assert (gelu_logits - expected).abs().max() > 1e-3
 
+    # The reference code's HeadOnly and LoRA draw the same line in an open_clip tower as in a timm
+    # ViT: the patch embedding (conv1) and the blocks (transformer) are frozen, the rest trains.
+    from rib.methods import METHODS, get_method
+    from rib.methods.base import TrainContext
+
+    outside = {"visual.class_embedding", "visual.positional_embedding", "visual.proj", "visual.ln_pre.weight",
+               "visual.ln_pre.bias", "visual.ln_post.weight", "visual.ln_post.bias"}
+    ctx = TrainContext(device=torch.device("cpu"), seed=0)
+    head_only = get_method("lp", {}).setup(network.load(out).model, ctx)
+    assert {n for n, p in head_only.named_parameters() if p.requires_grad} == outside | {"head.weight"}
+    lora = get_method("lora", METHODS["lora"].defaults()).setup(network.load(out).model, ctx)
+    trained = {n for n, p in lora.named_parameters() if p.requires_grad}
+    factors = trained - outside
+    assert len(factors) == 12 * 4 and all(".attn.parametrizations.in_proj_weight.0." in n for n in factors)
+
 
 def test_checkpoint_without_a_recorded_activation_loads_as_made(tmp_path, caplog, monkeypatch):
     """Checkpoints fetched before rib recorded the activation were built (and trained) with GELU: they

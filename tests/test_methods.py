@@ -499,3 +499,33 @@ def test_the_default_params_run_every_method(tmp_path):
     assert used == set(METHODS)
     assert "ft_seed1" in grid.train_entries(params)  # trained for Model Stock, not a table row
     assert params["train"]["lr"] == 0.001 and params["train"]["momentum"] == 0.9
+
+
+def test_the_paper_configuration_runs_the_reference_codes_settings(capsys):
+    """configs/imagenet-rib.yaml's paper methods depart from FieteLab/ImageNet-RIB in precision only
+    (bf16 on GPU, a documented choice), and `rib methods` says so entry by entry."""
+    from rib.config import load
+    from rib.methods import METHODS, REFERENCE_SCHEDULE
+    from tests.conftest import REPO
+
+    path = str(REPO / "configs" / "imagenet-rib.yaml")
+    params = load(path)
+    paper = [m for m in params["grid"]["methods"] if METHODS[method_schedule(params, m)["method"]].reference]
+    assert {method_schedule(params, m)["method"] for m in paper} == {
+        "ft", "lp", "lp_ft", "lora", "visual_prompt", "ewc", "lwf", "uniform_soup"}
+    for entry in paper:
+        config = method_schedule(params, entry)
+        info = METHODS[config["method"]]
+        refs = {**(REFERENCE_SCHEDULE if info.kind == "train" else {}),
+                **{k: s["reference"] for k, s in info.options.items() if "reference" in s}}
+        departs = {k for k, v in refs.items() if config[k] != v}
+        assert departs <= {"precision"}, (entry, departs)
+    assert main(["--params", path, "methods"]) == 0
+    out = capsys.readouterr().out
+    block = out[out.index("\nlora = lora"):]
+    block = block[:block.index("\n", block.index("departs from it"))]
+    assert "(the reference code's lora)" in block and "alpha 1," in block and "rank 8," in block
+    assert "departs from it: precision 'auto' (reference code: 'fp16')" in block
+    assert "lora_adapters = lora (the reference code's lora)" in out
+    assert "alpha 16 (reference code: 1)" in out and "temperature_squared True (reference code: False)" in out
+    assert "ewc_fisher = ewc_fisher (not in the reference code)" in out

@@ -43,7 +43,8 @@ EPOCHS = {"ft": 150, "lp": 200}
 def slurm_params() -> dict:
     params = yaml.safe_load(TINY_PARAMS.read_text())
     params["grid"].update(methods=["ft", "lp", "wise_ft"])  # on sketch and c
-    params["methods"] = {"ft": {"epochs": EPOCHS["ft"]}, "lp": {"lr": 0.05, "epochs": EPOCHS["lp"]},
+    params["methods"] = {"ft": {"epochs": EPOCHS["ft"]},
+                         "lp": {"method": "linear_probe", "lr": 0.05, "epochs": EPOCHS["lp"]},
                          "wise_ft": {"of": "ft", "alphas": [0.0, 0.5, 1.0], "alpha": 0.5}}
     params["report"] = {"focus_dataset": "sketch", "focus_method": "ft"}
     return params

@@ -832,7 +832,8 @@ def cmd_methods(args, params) -> int:
         if same:
             print("    as the reference code: " + ", ".join(f"{k} {config[k]!r}" for k in same))
         if differ:
-            print("    departs from it: " + ", ".join(f"{k} {config[k]!r} (reference code: {refs[k]!r})" for k in differ))
+            print("    departs from it: "
+                  + ", ".join(f"{k} {config[k]!r} (reference code: {refs[k]!r})" for k in differ))
         if other:
             print("    not settings of the reference code: " + ", ".join(f"{k} {config[k]!r}" for k in other))
     return 0

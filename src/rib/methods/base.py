@@ -51,7 +51,8 @@ def transformer_core(model: nn.Module) -> list[nn.Module] | None:
 
     The reference code's HeadOnly and LoRA draw their line here: what lies outside these modules and
     the head (class token, position embedding, the norms before and after the blocks) trains."""
-    for owner, parts in ((model, ("patch_embed", "blocks")), (getattr(model, "visual", None), ("conv1", "transformer"))):
+    layouts = ((model, ("patch_embed", "blocks")), (getattr(model, "visual", None), ("conv1", "transformer")))
+    for owner, parts in layouts:
         if owner is not None and all(isinstance(getattr(owner, p, None), nn.Module) for p in parts):
             return [getattr(owner, p) for p in parts]
     return None
