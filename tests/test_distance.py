@@ -53,6 +53,30 @@ def test_two_gaussians_give_their_bures_wasserstein_distance():
     assert np.sqrt(w[0, 0]) == pytest.approx(bw, rel=0.06)
 
 
+@pytest.mark.parametrize("per_class", [1, 3, 7, 40])  # a single image; fewer, and more, than dimensions
+def test_label_distances_equal_the_closed_form_on_the_sample_covariances(per_class):
+    """The nuclear-norm form equals two eigendecompositions per pair (bures_wasserstein2) on the
+    classes' sample means and covariances, whatever the class sizes, in any batch size."""
+    rng = np.random.default_rng(per_class)
+    d = 12
+    x1 = rng.normal(size=(5 * per_class, d)) * rng.uniform(0.5, 2, d)
+    y1 = np.repeat(np.arange(5), per_class)
+    x2 = rng.normal(size=(4 * (per_class + 2), d)) + 1.0
+    y2 = np.repeat([3, 5, 8, 9], per_class + 2)  # other sizes and labels
+    g1, g2 = class_gaussians(x1, y1), class_gaussians(x2, y2)
+
+    def stats(x, y, c):
+        f = x[y == c]
+        return f.mean(0), (np.cov(f, rowvar=False) if len(f) > 1 else np.zeros((d, d)))
+
+    dense = np.array([[bures_wasserstein2(*stats(x1, y1, a), *stats(x2, y2, b)) for b in g2.classes]
+                      for a in g1.classes])
+    for block in (1 << 28, 1):  # one batch; one class of the first dataset at a time
+        fast = label_distances(g1, g2, device="cpu", block_bytes=block)
+        np.testing.assert_allclose(fast, dense, rtol=1e-7, atol=1e-8)
+    assert g1.factors.shape[1] == min(per_class, d)  # more images than dimensions: a d x d factor
+
+
 def test_labels_matter_and_sample_size_is_capped():
     rng = np.random.default_rng(2)
     x = rng.normal(size=(300, 4))
