@@ -31,6 +31,7 @@ from rib.data.layouts import LayoutError
 from rib.data.loading import open_dataset
 from rib.data.manifest import DataError, load_prepared, prepare
 from rib.data.suites import Archive, Source
+from rib.errors import RibError
 from rib.models.registry import Preprocessing
 from tests.conftest import REPO, job_counts, rib_env, run_rib
 
@@ -364,6 +365,83 @@ def test_manual_folder_is_added_and_checked(tmp_path):
     (src / spec.classes[2].folder / f"{spec.classes[2].folder}_0.JPEG").unlink()
     with pytest.raises(LayoutError, match="class folder has no images"):
         add(spec, src, tmp_path / "raw2", label_space=WNIDS, show_progress=False)
+
+
+def fabricate_official_val(folder: Path, classes, per_class: int = 3) -> dict[str, str]:
+    """ILSVRC2012_img_val.tar (flat JPEGs) and ILSVRC2012_devkit_t12.tar.gz (meta.mat with the leaf
+    synsets and two inner nodes, the ground truth by ILSVRC2012 id) in their official layouts; returns
+    each image's wnid."""
+    import scipy.io
+
+    folder.mkdir(parents=True)
+    fields = ["ILSVRC2012_ID", "WNID", "words", "gloss", "num_children", "children", "wordnet_height",
+              "num_train_images"]
+    leaves = [(i + 1, c.folder, f"class {i}, thing {i}", "a gloss", 0, np.zeros(0), 0, 1300)
+              for i, c in enumerate(classes)]
+    inner = [(len(classes) + 1, "n99999991", "animal", "g", 2, np.array([1, 2]), 1, 0),
+             (len(classes) + 2, "n99999992", "entity", "g", 1, np.array([len(classes) + 1]), 2, 0)]
+    synsets = np.zeros(len(leaves) + len(inner), dtype=[(f, "O") for f in fields])
+    for i, row in enumerate(inner[:1] + leaves + inner[1:]):  # inner nodes among the leaves, as in meta.mat
+        synsets[i] = row
+    rng = np.random.default_rng(0)
+    truth = rng.permutation(np.repeat(np.arange(len(classes)), per_class))  # class of each val image
+    expected = {}
+    with tarfile.open(folder / "ILSVRC2012_devkit_t12.tar.gz", "w:gz") as tar:
+        mat = io.BytesIO()
+        scipy.io.savemat(mat, {"synsets": synsets})
+        gt = "".join(f"{leaves[k][0]}\n" for k in truth).encode()
+        for name, blob in (("data/meta.mat", mat.getvalue()), ("data/ILSVRC2012_validation_ground_truth.txt", gt)):
+            info = tarfile.TarInfo(f"ILSVRC2012_devkit_t12/{name}")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    with tarfile.open(folder / "ILSVRC2012_img_val.tar", "w") as tar:
+        for n, k in enumerate(truth):
+            name = f"ILSVRC2012_val_{n + 1:08d}.JPEG"
+            blob = jpeg(int(k))
+            info = tarfile.TarInfo(name)
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+            expected[name] = classes[k].folder
+    return expected
+
+
+def _official_md5(monkeypatch, folder: Path) -> None:
+    """torchvision checks the official archives' md5: accept the fabricated ones instead."""
+    from torchvision.datasets import imagenet as tv
+
+    for key, name in (("val", "ILSVRC2012_img_val.tar"), ("devkit", "ILSVRC2012_devkit_t12.tar.gz")):
+        digest = hashlib.md5((folder / name).read_bytes()).hexdigest()
+        monkeypatch.setitem(tv.ARCHIVE_META, key, (name, digest))
+
+
+def test_imagenet_val_from_its_official_files(tmp_path, monkeypatch):
+    spec = dataclasses.replace(SUITE.dataset("imagenet"), classes=SUITE.dataset("imagenet").classes[:5])
+    download = tmp_path / "download"
+    expected = fabricate_official_val(download, spec.classes)
+    # Unpatched, the fabricated files are not ImageNet's: refused, naming the file, nothing left.
+    with pytest.raises(RibError, match="ILSVRC2012_devkit_t12.tar.gz: not the official ImageNet 2012 devkit"):
+        add(spec, download, tmp_path / "raw", label_space=WNIDS, show_progress=False)
+    assert not (tmp_path / "raw").exists()
+    _official_md5(monkeypatch, download)
+    for given, out in ((download, "raw"), (download / "ILSVRC2012_img_val.tar", "raw2")):  # the folder, or the tar
+        info = add(spec, given, tmp_path / out, label_space=WNIDS, show_progress=False)
+        assert info == {"images": 15, "classes": 5}
+        found = {p.name: p.parent.name for p in (tmp_path / out).rglob("*.JPEG")}
+        assert found == expected  # every image in the folder of its ground-truth wnid
+        assert not any(p.name.startswith(".imagenet-devkit") for p in tmp_path.iterdir())
+    prepare(spec, tmp_path / "raw", tmp_path / "prep", label_space=WNIDS, fraction=0.5, seed=0, show_progress=False)
+    prepared = load_prepared(tmp_path / "prep")
+    assert len(prepared.rows) == 15
+    for row in prepared.rows:  # each image's label is its ground-truth class in the label space
+        assert prepared.classes[row.label].wnids == (expected[Path(row.path).name],)
+    assert (download / "ILSVRC2012_img_val.tar").exists()  # the user's files stay
+    # The tar without its devkit: one line saying what is missing.
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    os.link(download / "ILSVRC2012_img_val.tar", alone / "ILSVRC2012_img_val.tar")
+    with pytest.raises(RibError, match="ILSVRC2012_devkit_t12.tar.gz: not found"):
+        add(spec, alone, tmp_path / "raw3", label_space=WNIDS, show_progress=False)
+    assert not (tmp_path / "raw3").exists()
 
 
 def test_corrupt_image_stops_or_is_skipped_and_counted(server, tmp_path):

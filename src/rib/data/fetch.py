@@ -17,6 +17,7 @@ from ..errors import RibError
 from ..io import atomic_dir
 from .archives import extract, is_archive
 from .download import download, verify
+from .imagenet_val import official_files, sort_into_classes
 from .layouts import index
 from .suites import DatasetSpec
 
@@ -69,12 +70,18 @@ def add(spec: DatasetSpec, path: str | os.PathLike, out_dir: str | os.PathLike, 
 
     An archive whose file name the registry knows is checked against its recorded size and digest
     first. A folder is hard-linked (or copied) file by file, so the original stays untouched.
+    ImageNet val may also be its official files (``ILSVRC2012_img_val.tar`` with the devkit beside
+    it, or their folder), sorted into wnid folders by the devkit's ground truth
+    (:mod:`rib.data.imagenet_val`).
     """
     path = Path(path)
     if not path.exists():
         raise RibError(f"{path}: not found")
+    official = official_files(path) if spec.source and spec.source.official_val else None
     with atomic_dir(out_dir) as tmp:
-        if path.is_dir():
+        if official:  # ILSVRC2012_img_val.tar and its devkit: torchvision sorts the images into classes
+            sort_into_classes(*official, tmp)
+        elif path.is_dir():
             shutil.copytree(path, tmp, dirs_exist_ok=True, copy_function=_link_or_copy)
         elif is_archive(path):
             known = {a.filename: a for a in (spec.source.archives if spec.source else ())}

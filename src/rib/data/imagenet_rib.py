@@ -71,9 +71,10 @@ def _zenodo(record: str, filename: str) -> str:
 
 
 IMAGENET_VAL_HOWTO = (
-    "ImageNet-1K val needs your own ImageNet licence: download ILSVRC2012_img_val.tar from "
-    "https://image-net.org/download-images.php, sort it into one folder per class (wnid), then run "
-    "`rib data add imagenet PATH` (PATH: that folder, or a .tar/.tar.gz/.zip of it)"
+    "ImageNet-1K val needs your own ImageNet licence: download ILSVRC2012_img_val.tar and "
+    "ILSVRC2012_devkit_t12.tar.gz from https://image-net.org/download-images.php into one folder, then run "
+    "`rib data add imagenet PATH` (PATH: that folder or the val tar; the devkit's ground truth sorts the "
+    "images into classes; or a folder already sorted into one folder per wnid)"
 )
 OBJECTNET_HOWTO = (
     "ObjectNet 1.0 is password-protected and its licence must be accepted (it forbids training on it; "
@@ -97,7 +98,8 @@ def build_suite(params: dict | None = None) -> Suite:
     datasets = {
         "imagenet": DatasetSpec(
             "imagenet", "source", "wnid_folders", "ImageNet-1K validation set (50,000 images)", every,
-            source=Source(manual=IMAGENET_VAL_HOWTO, homepage="https://image-net.org"), photos=VAL_PHOTOS),
+            source=Source(manual=IMAGENET_VAL_HOWTO, homepage="https://image-net.org", official_val=True),
+            photos=VAL_PHOTOS),
         "v2": DatasetSpec(
             "v2", "shift", "index_folders", "ImageNet-V2 matched-frequency (10,000 images)",
             tuple(DatasetClass(str(i), (w,)) for i, w in enumerate(wnids)),

@@ -49,6 +49,8 @@ class Source:
     # A dataset that cannot be downloaded automatically (licence, password): what the user must do.
     manual: str | None = None
     homepage: str = ""
+    # `rib data add` also takes ImageNet's official ILSVRC2012_img_val.tar with its devkit
+    official_val: bool = False
 
 
 @dataclass(frozen=True)
