@@ -172,3 +172,26 @@ def test_dry_run_with_any_timm_and_open_clip_model(tmp_path):
     assert ("rib: error: timm:vit_small_patch16_224.augreg_in21k: could not load pretrained weights "
             "(this needs internet: run it on a machine that has it)") in proc.stdout + proc.stderr
     assert not (tmp_path / target).exists()
+
+
+def test_local_open_clip_model_from_params(tmp_path, monkeypatch):
+    """local_models takes open_clip weights from a file too: `open_clip:ARCH/TAG` names the recipe
+    (the tag's activation and preprocessing), `weights` the file; fetching reads the file."""
+    from rib.models.registry import preprocessing_of
+
+    params = json.loads(json.dumps(IMAGENET))
+    weights = str(tmp_path / "my-clip.pt")
+    params["local_models"] = {"my_clip": {"arch": "open_clip:ViT-B-32/openai", "weights": weights}}
+    params["grid"]["models"] = ["my_clip"]
+    validate(params)
+    spec = get_model("my_clip", params)
+    assert (spec.source, spec.arch, spec.weights_file) == ("open_clip", "open_clip:ViT-B-32", weights)
+    assert preprocessing_of(spec) == preprocessing_of(get_model("open_clip:ViT-B-32/openai", params))
+    calls = []
+    monkeypatch.setattr(network, "fetch_open_clip", lambda *a, **k: calls.append((a, k)))
+    network.fetch(spec, tmp_path / "pretrained.pt", [f"c{i}" for i in range(1000)])
+    (name, arch, tag, *_), kwargs = calls[0]
+    assert (name, arch, tag, kwargs["weights_file"]) == ("my_clip", "ViT-B-32", "openai", weights)
+    params["local_models"]["my_clip"]["arch"] = "open_clip:ViT-B-32"  # no tag: no recipe to follow
+    with pytest.raises((ConfigError, UnknownNameError), match="expected open_clip:ARCH/PRETRAINED"):
+        validate(params)

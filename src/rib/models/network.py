@@ -251,6 +251,6 @@ def fetch(spec, out: str | os.PathLike, label_space: list[str], weights_file: st
 
         arch, _, tag = spec.weights.split(":", 1)[1].partition("/")
         fetch_open_clip(spec.name, arch, tag, out, label_space, clip.imagenet_classnames(), clip.imagenet_templates(),
-                        weights_file=weights_file, device=device)
+                        weights_file=weights_file or spec.weights_file, device=device)
     else:
         raise RibError(f"model {spec.name!r} is not fetched (weights: {spec.weights}); see `rib pretrain`")

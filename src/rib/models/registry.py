@@ -123,6 +123,9 @@ class ModelSpec:
     #   'file:<path>'            a weights file of the timm architecture ``arch``
     weights: str = ""
     description: str = ""
+    # A local file of weights for an open_clip model (local_models: {arch: open_clip:ARCH/TAG, weights: FILE});
+    # the tag still decides the activation and the preprocessing
+    weights_file: str | None = None
 
     @property
     def source(self) -> str:
@@ -220,10 +223,20 @@ def _paper_models() -> dict[str, ModelSpec]:
 
 
 def _local_models(params: dict) -> dict[str, ModelSpec]:
-    return {name: ModelSpec(name=name, arch=entry["arch"], family="cnn" if "resnet" in entry["arch"] else "vit",
-                            preprocessing=None, weights=f"file:{entry['weights']}",
-                            description=f"{entry['arch']} with weights from {entry['weights']}")
-            for name, entry in (params.get("local_models") or {}).items()}
+    """``local_models``: a timm architecture with a weights file, or an open_clip ``open_clip:ARCH/TAG``
+    whose weights (of that tag's recipe: activation, preprocessing) come from a file."""
+    from dataclasses import replace
+
+    specs = {}
+    for name, entry in (params.get("local_models") or {}).items():
+        arch, path = entry["arch"], entry["weights"]
+        description = f"{arch} with weights from {path}"
+        if arch.startswith("open_clip:"):
+            specs[name] = replace(_prefixed(arch, params), name=name, weights_file=path, description=description)
+        else:
+            specs[name] = ModelSpec(name=name, arch=arch, family="cnn" if "resnet" in arch else "vit",
+                                    preprocessing=None, weights=f"file:{path}", description=description)
+    return specs
 
 
 def models_for(params: dict) -> dict[str, ModelSpec]:
