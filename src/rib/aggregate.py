@@ -135,8 +135,8 @@ def photo_families(params: dict) -> dict[str, str] | None:
     from .data.suites import get_suite
 
     suite = get_suite(params)
-    names = grid.eval_datasets(params)
-    return {n: suite.photo_family(n) for n in names if suite.photo_family(n)}
+    families = {n: suite.dataset(n).photos for n in grid.eval_datasets(params)}
+    return {n: family for n, family in families.items() if family}
 
 
 def metrics_table(cells: pd.DataFrame, families: dict[str, str] | None = None) -> pd.DataFrame:

@@ -409,8 +409,9 @@ def cmd_combine(args, params) -> int:
         check_compatible(theta0, states)
     except ValueError as err:
         raise RibError(f"methods.{entry}: {err}") from None
-    if PRETRAINED_INGREDIENT in ingredients(params, entry):  # the reference's PRE: the pretrained weights
-        states = {n: theta0 if n == PRETRAINED_INGREDIENT else states[n] for n in ingredients(params, entry)}
+    every = ingredients(params, entry)
+    if PRETRAINED_INGREDIENT in every:  # the reference's PRE: the pretrained weights
+        states = {n: theta0 if n == PRETRAINED_INGREDIENT else states[n] for n in every}
         sources[PRETRAINED_INGREDIENT] = {"checkpoint": str(args.pretrained), "checkpoint_sha256": pretrained_sha}
 
     settings = _eval_settings(params, args, device)

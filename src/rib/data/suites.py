@@ -90,10 +90,6 @@ class Suite:
     # Bumped whenever a class map of the suite changes; recorded with every prepared dataset.
     class_map_version: str = "1"
 
-    def photo_family(self, name: str) -> str | None:
-        """The photo collection the dataset ``name`` shares with others, if any."""
-        return self.dataset(name).photos
-
     def dataset(self, name: str) -> DatasetSpec:
         try:
             return self.datasets[name]

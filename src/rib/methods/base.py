@@ -59,8 +59,11 @@ def transformer_core(model: nn.Module) -> list[nn.Module] | None:
 
 
 def outside_core_parameters(model: nn.Module, head_module: nn.Module) -> list[nn.Parameter]:
-    """The parameters of a transformer outside its patch embedding, blocks and head."""
-    core = transformer_core(model) or []
+    """The parameters of a transformer outside its patch embedding, blocks and head; none for a
+    network without them (a CNN, or an attention pool on a CNN)."""
+    core = transformer_core(model)
+    if core is None:
+        return []
     skip = {id(p) for m in [*core, head_module] for p in m.parameters()}
     return [p for p in model.parameters() if id(p) not in skip]
 

@@ -13,7 +13,7 @@
 from torch import nn
 
 from ..models.network import head
-from .base import Method, TrainContext, outside_core_parameters, transformer_core
+from .base import Method, TrainContext, outside_core_parameters
 
 
 class HeadOnly(Method):
@@ -21,8 +21,7 @@ class HeadOnly(Method):
 
     def setup(self, model: nn.Module, ctx: TrainContext) -> nn.Module:
         classifier = head(model)
-        train = outside_core_parameters(model, classifier) if transformer_core(model) else []
-        train += list(classifier.parameters())
+        train = outside_core_parameters(model, classifier) + list(classifier.parameters())
         keep = {id(p) for p in train}
         for p in model.parameters():
             p.requires_grad_(id(p) in keep)
