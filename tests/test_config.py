@@ -140,7 +140,8 @@ def test_method_in_grid_needs_settings(default_params):
 
 def test_focus_dataset_must_be_in_grid(default_params):
     default_params["report"]["focus_dataset"] = "source"
-    assert error_of(default_params) == "params.yaml: report.focus_dataset: 'source' is not in grid.datasets"
+    assert error_of(default_params) == ("params.yaml: report.focus_dataset: 'source' is not a dataset the grid "
+                                        "fine-tunes on (grid.datasets, grid.finetune_on)")
 
 
 def test_load_reports_yaml_syntax_and_missing_file(tmp_path):
@@ -191,3 +192,57 @@ def test_any_bad_value_gives_one_line_naming_its_key(default_params, leaf, value
         assert message.startswith("params.yaml: ")
         named = message.split(": ")[1]
         assert named.split(".")[0].split("[")[0] in set(params) | {"(top level)"}, message
+
+
+def test_finetune_on_restricts_the_fine_tuning_side_only(tiny_params):
+    """grid.finetune_on: fine-tune on part of D; every checkpoint is still evaluated on all of it."""
+    from rib import grid
+
+    tiny_params["grid"]["finetune_on"] = ["c"]
+    tiny_params["report"]["focus_dataset"] = "c"
+    validate(tiny_params)
+    assert grid.finetune_datasets(tiny_params) == ["c"]
+    assert {d for _, _, d in grid.finetune_jobs(tiny_params)} == {"c"}
+    assert {c.eval_dataset for c in grid.cells(tiny_params)} == {"source", "sketch", "c"}
+    assert {c.finetune_dataset for c in grid.cells(tiny_params)} == {None, "c"}
+    assert [d for _, d in grid.distance_jobs(tiny_params)] == ["c"]
+    bad = copy.deepcopy(tiny_params)
+    bad["grid"]["finetune_on"] = ["r"]
+    assert "grid.finetune_on[0]: 'r' is not in grid.datasets" in error_of(bad)
+    bad = copy.deepcopy(tiny_params)
+    bad["report"]["focus_dataset"] = "sketch"
+    assert "report.focus_dataset: 'sketch' is not a dataset the grid fine-tunes on" in error_of(bad)
+
+
+def test_data_classes_is_a_pilot_run_on_part_of_the_label_space():
+    from rib.data.suites import get_suite
+
+    params = load(REPO / "configs" / "imagenet-rib.yaml")
+    full = get_suite(params)
+    a_wnids = [c.wnids[0] for c in full.dataset("a").classes]
+    params["data"]["classes"] = [a_wnids[0], full.label_space[0]]  # one in ImageNet-A, one not
+    validate(params)
+    suite = get_suite(params)
+    assert suite.label_space == full.label_space  # the heads keep all 1000 classes
+    assert [c.wnids for c in suite.dataset("imagenet").classes] == sorted([(a_wnids[0],), (full.label_space[0],)])
+    assert [c.wnids[0] for c in suite.dataset("a").classes] == [a_wnids[0]]
+    assert [c.folder for c in suite.dataset("v2").classes] == sorted([str(full.label_space.index(a_wnids[0])), "0"])
+    params["data"]["classes"] = [full.label_space[0]]  # not an ImageNet-A class: A would be empty
+    assert "data.classes: dataset 'a' has none of these classes" in error_of(params)
+    params["data"]["classes"] = ["n00000000"]
+    assert "data.classes[0]: 'n00000000' is not in the label space of suite 'imagenet-rib'" in error_of(params)
+
+
+def test_data_classes_reads_a_full_dataset_folder(tmp_path):
+    """On a full dataset (all class folders present), a pilot run indexes only its classes."""
+    from rib.data.layouts import index
+    from rib.data.suites import get_suite
+
+    params = load(REPO / "configs" / "imagenet-rib.yaml")
+    params["data"]["classes"] = ["n01440764"]
+    spec = get_suite(params).dataset("sketch")
+    for wnid in ("n01440764", "n01443537"):
+        (tmp_path / wnid).mkdir()
+        (tmp_path / wnid / "x.JPEG").write_bytes(b"")
+    found = index(spec, tmp_path, get_suite(params).label_space)
+    assert [r.path for r in found.records] == ["n01440764/x.JPEG"]

@@ -195,3 +195,31 @@ def test_local_open_clip_model_from_params(tmp_path, monkeypatch):
     params["local_models"]["my_clip"]["arch"] = "open_clip:ViT-B-32"  # no tag: no recipe to follow
     with pytest.raises((ConfigError, UnknownNameError), match="expected open_clip:ARCH/PRETRAINED"):
         validate(params)
+
+
+def test_open_clip_model_folder_in_local_models(tmp_path):
+    """local_models {arch: open_clip, weights: FOLDER}: the folder's config decides the architecture, the
+    activation and the pixels; a folder without its config or weights is one clear error."""
+    from rib.errors import MissingFileError
+    from rib.models.registry import Preprocessing, check_available, preprocessing_of
+
+    folder = tmp_path / "my-clip"
+    folder.mkdir()
+    params = json.loads(json.dumps(IMAGENET))
+    params["local_models"] = {"my_clip": {"arch": "open_clip", "weights": str(folder), "templates": "simple"}}
+    params["grid"]["models"] = ["my_clip"]
+    validate(params)
+    spec = get_model("my_clip", params)
+    with pytest.raises(MissingFileError, match="my-clip/open_clip_config.json: not found"):
+        check_available(spec)
+    (folder / "open_clip_config.json").write_text(json.dumps({
+        "model_cfg": {"embed_dim": 16, "quick_gelu": True, "vision_cfg": {"image_size": 64, "layers": 1, "width": 32,
+                                                                         "head_width": 16, "patch_size": 16},
+                      "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 1, "layers": 1}},
+        "preprocess_cfg": {"interpolation": "bilinear", "resize_mode": "squash", "mean": [0.5] * 3, "std": [0.25] * 3}}))
+    check_available(spec)
+    assert (spec.family, spec.templates) == ("vit", "simple")
+    assert preprocessing_of(spec) == Preprocessing(64, "bilinear", 1.0, (0.5,) * 3, (0.25,) * 3, "squash")
+    with pytest.raises(MissingFileError, match="no weights file in this open_clip model folder"):
+        network.fetch(spec, tmp_path / "pretrained.pt", [f"c{i}" for i in range(1000)])
+    assert not (tmp_path / "pretrained.pt").exists()

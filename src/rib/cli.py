@@ -738,8 +738,9 @@ def cmd_cell(args, params) -> int:
     else:
         if args.method not in params["grid"]["methods"]:
             raise RibError(f"method {args.method!r} is not in grid.methods ({', '.join(params['grid']['methods'])})")
-        if args.dataset not in params["grid"]["datasets"]:
-            raise RibError(f"fine-tuning dataset {args.dataset!r} is not in grid.datasets")
+        if args.dataset not in grid.finetune_datasets(params):
+            raise RibError(f"fine-tuning dataset {args.dataset!r} is not one the grid fine-tunes on "
+                           f"({', '.join(grid.finetune_datasets(params))})")
         cell = grid.Cell(args.model, args.method, args.dataset, args.eval)
 
         def checkpoint(entry):

@@ -104,6 +104,7 @@ def _check_names(params: dict) -> None:
             raise ConfigError(f"{section}: missing required key (suite {params['suite']!r} generates its data "
                               "and pretrains its models)")
     suite = get_suite(params)
+    from . import grid
     from .errors import UnknownNameError
     from .models.registry import get_model
 
@@ -146,14 +147,34 @@ def _check_names(params: dict) -> None:
     if len(params["grid"]["datasets"]) < 2:
         raise ConfigError("grid.datasets: at least 2 datasets are needed: a model fine-tuned on one is evaluated "
                           "out of distribution on the others")
+    for i, name in enumerate(params["grid"].get("finetune_on") or ()):
+        if name not in params["grid"]["datasets"]:
+            raise ConfigError(f"grid.finetune_on[{i}]: {name!r} is not in grid.datasets")
+    _check_classes(params, suite)
     ref = params["distance"]["reference"]
     if ref is not None and ref not in suite.datasets:
         raise ConfigError(f"distance.reference: unknown dataset {ref!r} for suite {suite.name!r}{_close(ref, suite.datasets)}")
     report = params["report"]
-    if report["focus_dataset"] not in params["grid"]["datasets"]:
-        raise ConfigError(f"report.focus_dataset: {report['focus_dataset']!r} is not in grid.datasets")
+    if report["focus_dataset"] not in grid.finetune_datasets(params):
+        raise ConfigError(f"report.focus_dataset: {report['focus_dataset']!r} is not a dataset the grid fine-tunes "
+                          "on (grid.datasets, grid.finetune_on)")
     if report["focus_method"] not in params["grid"]["methods"]:
         raise ConfigError(f"report.focus_method: {report['focus_method']!r} is not in grid.methods")
+
+
+def _check_classes(params: dict, suite) -> None:
+    """data.classes: ids of the suite's label space, and every dataset of the grid keeps a class."""
+    chosen = params["data"].get("classes")
+    if not chosen:
+        return
+    space = set(suite.label_space)
+    for i, wnid in enumerate(chosen):
+        if wnid not in space:
+            raise ConfigError(f"data.classes[{i}]: {wnid!r} is not in the label space of suite {suite.name!r}")
+    for name in [params["grid"]["source"], *params["grid"]["datasets"]]:
+        spec = suite.dataset(name)
+        if spec.classes is not None and not spec.classes:
+            raise ConfigError(f"data.classes: dataset {name!r} has none of these classes")
 
 
 def _method_validator(name: str):

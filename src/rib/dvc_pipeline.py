@@ -112,7 +112,8 @@ def render(params: dict, params_file: str, out: str | os.PathLike) -> str:
         stages[f"prepare{suffix}"] = foreach(items, {
             "cmd": cmd(rib, "data prepare ${key} --raw ${item.raw} --out ${item.prepared}"),
             "deps": ["src/rib/data/manifest.py", "src/rib/data/layouts.py", "${item.raw}"],
-            "params": keys("split", "data.skip_corrupt_images", "data.corruption_subset"),
+            "params": keys("split", "data.skip_corrupt_images", "data.corruption_subset",
+                           *(["data.classes"] if "classes" in params["data"] else [])),
             "outs": ["${item.prepared}"]})
 
     # Image caches: one per (preprocessing, evaluation dataset), shared by every model with it.
@@ -166,7 +167,7 @@ def render(params: dict, params_file: str, out: str | os.PathLike) -> str:
     t_data = grid.PATTERNS["prepared"].format(suite=suite, dataset=D)
     t_raw = grid.PATTERNS["raw"].format(suite=suite, dataset=D)
 
-    pairs = [(m, d) for m in models for d in params["grid"]["datasets"]]
+    pairs = [(m, d) for m in models for d in grid.finetune_datasets(params)]
     for entry in grid.train_entries(params):
         start = init_entry(params, entry)
         items = {}
@@ -204,7 +205,7 @@ def render(params: dict, params_file: str, out: str | os.PathLike) -> str:
         E = "${item.method}"
         stages["evaluate-finetuned"] = foreach(
             {f"{m}-{e}-{d}": with_prep({"model": m, "method": e, "dataset": d}, m)
-             for m in models for e in trained for d in params["grid"]["datasets"]},
+             for m in models for e in trained for d in grid.finetune_datasets(params)},
             {"cmd": cmd(rib, f"evaluate {ckpt(M, E, D)}{cache_opt(*evals)} --out-dir {cell_dir(M, E, D)}"),
              "deps": [ckpt(M, E, D), *eval_deps, *caches(*evals)], "params": eval_params,
              "outs": [cell_dir(M, E, D)]})

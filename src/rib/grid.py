@@ -91,6 +91,12 @@ def eval_datasets(params: dict) -> list[str]:
     return [params["grid"]["source"], *params["grid"]["datasets"]]
 
 
+def finetune_datasets(params: dict) -> list[str]:
+    """The datasets of D that models are fine-tuned on: grid.finetune_on, else every one (the paper)."""
+    chosen = params["grid"].get("finetune_on")
+    return [d for d in params["grid"]["datasets"] if d in chosen] if chosen else list(params["grid"]["datasets"])
+
+
 def method_kind(params: dict, entry: str) -> str:
     from .methods import entry_info
 
@@ -126,11 +132,10 @@ def weight_entries(params: dict) -> list[str]:
 
 
 def finetune_jobs(params: dict) -> Iterator[tuple[str, str, str]]:
-    g = params["grid"]
     entries = train_entries(params)
-    for model in g["models"]:
+    for model in params["grid"]["models"]:
         for method in entries:
-            for dataset in g["datasets"]:
+            for dataset in finetune_datasets(params):
                 yield model, method, dataset
 
 
@@ -154,7 +159,7 @@ def cells(params: dict) -> Iterator[Cell]:
     g = params["grid"]
     for model in g["models"]:
         for method in g["methods"]:
-            for dataset in g["datasets"]:
+            for dataset in finetune_datasets(params):
                 for ev in evals:
                     yield Cell(model, method, dataset, ev)
 
@@ -166,7 +171,7 @@ def distance_reference(params: dict) -> str:
 
 def distance_jobs(params: dict) -> Iterator[tuple[str, str]]:
     for model in params["grid"]["models"]:
-        for dataset in params["grid"]["datasets"]:
+        for dataset in finetune_datasets(params):
             yield model, dataset
 
 

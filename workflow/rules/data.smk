@@ -74,7 +74,7 @@ rule prepare:
         f"{LOGS}/prepare/{{dataset}}.log",
     params:
         split=PARAMS["split"],
-        data={k: PARAMS["data"][k] for k in ("skip_corrupt_images", "corruption_subset")},
+        data={k: PARAMS["data"][k] for k in ("skip_corrupt_images", "corruption_subset", "classes") if k in PARAMS["data"]},
     threads: 1
     resources:
         **job_resources("prepare"),

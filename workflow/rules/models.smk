@@ -30,6 +30,8 @@ else:
             PAT["pretrained"],
         log:
             f"{LOGS}/fetch_weights/{{model}}.log",
+        params:
+            local=lambda w: (PARAMS.get("local_models") or {}).get(w.model),  # its file and settings
         localrule: True
         conda:
             CONDA_ENV

@@ -170,15 +170,16 @@ def index(spec: DatasetSpec, root: str | os.PathLike, label_space: tuple[str, ..
     """Find the layout under ``root``; return its classes (in label order) and one record per image."""
     root = find_root(spec, root)
     if spec.layout in ("wnid_folders", "index_folders"):
-        return Index(root, spec.classes, _class_folders(root, spec.classes, "", "", False))
+        return Index(root, spec.classes, _class_folders(root, spec.classes, "", "", False, spec.only is not None))
     if spec.layout == "mapped_folders":
         classes = read_mapping(root, label_space)
         where = root / MAPPING_DIR
-        if spec.classes is not None and classes != spec.classes:
+        if spec.classes is not None and spec.keep(classes) != spec.classes:
             raise LayoutError(f"{where}: classes differ from the {spec.name!r} class map")
         if spec.expected_num_classes is not None and len(classes) != spec.expected_num_classes:
             raise LayoutError(f"{where}: {len(classes)} classes map onto the label space, "
                               f"expected {spec.expected_num_classes}")
+        classes = spec.keep(classes)  # data.classes
         mapped = {c.folder for c in classes}
         ignored = tuple(sorted(e.name for e in os.scandir(root / "images") if e.is_dir() and e.name not in mapped))
         records = _class_folders(root / "images", classes, "images/", "", False, allow_extra=True)
@@ -191,6 +192,6 @@ def index(spec: DatasetSpec, root: str | os.PathLike, label_space: tuple[str, ..
                 if not sub.is_dir():
                     raise LayoutError(f"{sub}: missing corruption/severity folder")
                 records += _class_folders(sub, spec.classes, f"{corruption}/{severity}/",
-                                          f"{corruption}/{severity}", True)
+                                          f"{corruption}/{severity}", True, spec.only is not None)
         return Index(root, spec.classes, records)
     raise LayoutError(f"dataset {spec.name!r}: unknown layout {spec.layout!r}")

@@ -9,7 +9,7 @@ suite is built from the ``synthetic`` section of the parameters.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..errors import UnknownNameError
 
@@ -74,6 +74,15 @@ class DatasetSpec:
     # names. Datasets naming the same collection form a family; with split.leak_free their held-out
     # split is keyed on the photo (the file name's stem) across the family.
     photos: str | None = None
+    # data.classes (a pilot run on part of the label space): the label-space ids kept. Classes listed
+    # above are already restricted to them; classes read from mapping files are restricted when read.
+    only: frozenset[str] | None = None
+
+    def keep(self, classes: tuple[DatasetClass, ...]) -> tuple[DatasetClass, ...]:
+        """``classes`` restricted to data.classes: a class stays when any of its ids is kept."""
+        if self.only is None:
+            return classes
+        return tuple(c for c in classes if any(w in self.only for w in c.wnids))
 
     @property
     def is_corruption_tree(self) -> bool:
@@ -123,7 +132,16 @@ def get_suite(params: dict) -> Suite:
     name = params["suite"]
     if name not in _SUITES:
         raise UnknownNameError(f"unknown suite {name!r}; known suites: {', '.join(sorted(_SUITES))}")
-    return _SUITES[name](params)
+    suite = _SUITES[name](params)
+    chosen = (params.get("data") or {}).get("classes")
+    if chosen:  # a pilot run on part of the label space
+        only = frozenset(chosen)
+        datasets = {}
+        for key, spec in suite.datasets.items():
+            spec = replace(spec, only=only)
+            datasets[key] = replace(spec, classes=spec.keep(spec.classes)) if spec.classes is not None else spec
+        suite = replace(suite, datasets=datasets)
+    return suite
 
 
 def _load_builtin() -> None:

@@ -10,8 +10,12 @@ projections treat it like any other head; fine-tuning starts from it.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 from collections.abc import Sequence
+from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -49,10 +53,18 @@ def imagenet_classnames() -> list[str]:
     return list(IMAGENET_CLASSNAMES)
 
 
-def imagenet_templates() -> list:
-    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+TEMPLATES = ("openai", "simple")
 
-    return list(OPENAI_IMAGENET_TEMPLATES)
+
+def imagenet_templates(kind: str = "openai") -> list:
+    """The prompt templates of the zero-shot head: ``openai``, CLIP's 80 ImageNet templates (the
+    default), or ``simple``, open_clip's 7 (a head over 1000 classes in a tenth of the text passes)."""
+    from open_clip import zero_shot_metadata
+
+    if kind not in TEMPLATES:
+        raise RibError(f"zero-shot templates {kind!r}: expected one of {', '.join(TEMPLATES)}")
+    return list(zero_shot_metadata.OPENAI_IMAGENET_TEMPLATES if kind == "openai"
+                else zero_shot_metadata.SIMPLE_IMAGENET_TEMPLATES)
 
 
 @torch.inference_mode()
@@ -79,11 +91,25 @@ def uses_quick_gelu(arch: str, pretrained: str | None) -> bool:
     return bool(tag.get("quick_gelu") or (own or {}).get("quick_gelu"))
 
 
+def folder_quick_gelu(model_cfg: dict) -> bool:
+    """Does an open_clip model folder's config ask for QuickGELU?"""
+    return bool(model_cfg.get("quick_gelu"))
+
+
 def _create(arch: str, pretrained: str | None = None, weights_file: str | None = None,
-            quick_gelu: bool | None = None):
-    """``quick_gelu``: None decides from the tag (:func:`uses_quick_gelu`)."""
+            quick_gelu: bool | None = None, model_cfg: dict | None = None):
+    """``quick_gelu``: None decides from the tag (:func:`uses_quick_gelu`). ``arch`` may be an open_clip
+    model folder (``local-dir:PATH``); ``model_cfg``, its config recorded in a checkpoint, builds the
+    architecture without the folder (random weights, to load the checkpoint's into)."""
+    import tempfile
+
     import open_clip
 
+    if model_cfg is not None:
+        with tempfile.TemporaryDirectory() as tmp:  # open_clip builds a config only from a file
+            (Path(tmp) / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg}))
+            with _quiet_open_clip():
+                return open_clip.create_model(f"local-dir:{tmp}", force_quick_gelu=bool(quick_gelu))
     if quick_gelu is None:
         quick_gelu = uses_quick_gelu(arch, pretrained)
     try:
@@ -94,10 +120,23 @@ def _create(arch: str, pretrained: str | None = None, weights_file: str | None =
         raise RibError(f"open_clip:{arch}/{pretrained}: could not load weights {where}: {first}") from None
 
 
-def create(arch: str, num_classes: int, quick_gelu: bool = False) -> ZeroShotClassifier:
+@contextmanager
+def _quiet_open_clip():
+    """open_clip logs a warning for a model built without weights: expected when a checkpoint is loaded."""
+    logger = logging.getLogger()
+    level = logger.level
+    logger.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def create(arch: str, num_classes: int, quick_gelu: bool = False, model_cfg: dict | None = None) -> ZeroShotClassifier:
     """The architecture with random weights and an empty head (to load a saved checkpoint into);
-    ``quick_gelu`` as recorded in the checkpoint's ``arch_kwargs`` (see :func:`uses_quick_gelu`)."""
-    model = _create(arch, quick_gelu=quick_gelu)
+    ``quick_gelu`` as recorded in the checkpoint's ``arch_kwargs`` (see :func:`uses_quick_gelu`), and
+    for a model from an open_clip folder its ``model_cfg``."""
+    model = _create(arch, quick_gelu=quick_gelu, model_cfg=model_cfg)
     return ZeroShotClassifier(model.visual, torch.zeros(num_classes, model.visual.output_dim))
 
 

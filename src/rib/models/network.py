@@ -18,7 +18,7 @@ from torch import nn
 from ..errors import DamagedFileError, FormatError, MissingFileError, RibError, out_of_memory
 from ..io import atomic_path, tree_digest, write_error
 from .heads import float32_heads
-from .registry import ModelSpec, Preprocessing, from_timm_config
+from .registry import LOCAL_DIR, ModelSpec, Preprocessing, from_timm_config
 
 FORMAT = "rib.checkpoint/1"
 DIGEST = "sha256"  # of everything else in the checkpoint, recorded when it is written
@@ -239,6 +239,33 @@ def fetch_open_clip(name: str, arch: str, pretrained: str, out: str | os.PathLik
                "feature_dim": feature_dim(model)})
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
+
+
+def fetch_open_clip_folder(name: str, folder: str, out: str | os.PathLike, label_space: list[str],
+                           classnames: list[str], templates: list, device: str = "cpu") -> None:
+    """Save the open_clip model of a model folder (open_clip_config.json and its weights, as open_clip's
+    Hugging Face repositories hold them) with a zero-shot head. Its activation is the config's; the
+    config is kept in the checkpoint, so the checkpoint loads without the folder."""
+    from . import clip
+    from .registry import open_clip_folder_config
+
+    if len(classnames) != len(label_space):
+        raise RibError(f"{name}: {len(classnames)} class names for a label space of {len(label_space)}")
+    model_cfg = open_clip_folder_config(folder)["model_cfg"]
+    if not any(p.suffix in WEIGHT_SUFFIXES for p in Path(folder).iterdir()):
+        raise MissingFileError(f"{folder}: no weights file in this open_clip model folder "
+                               f"(expected one of {', '.join('*' + s for s in WEIGHT_SUFFIXES)})")
+    quick_gelu = clip.folder_quick_gelu(model_cfg)
+    model, prep = clip.build(f"{LOCAL_DIR}{folder}", None, classnames, templates, device=device, quick_gelu=quick_gelu)
+    save(out, model, name=name, arch=f"open_clip:{LOCAL_DIR}{folder}",
+         arch_kwargs={"quick_gelu": quick_gelu, "model_cfg": model_cfg}, label_space=label_space,
+         preprocessing=Preprocessing.from_dict(prep),
+         meta={"kind": "pretrained", "weights": f"open_clip:{LOCAL_DIR}{folder}", "weights_file": folder,
+               "head": f"zero-shot, {len(templates)} templates", "parameters": count_parameters(model),
+               "feature_dim": feature_dim(model)})
+
+
 def fetch(spec, out: str | os.PathLike, label_space: list[str], weights_file: str | os.PathLike | None = None,
           device: str = "cpu") -> None:
     """Put a registry model's pretrained checkpoint at ``out`` (models/<suite>/<model>/pretrained.pt)."""
@@ -246,11 +273,17 @@ def fetch(spec, out: str | os.PathLike, label_space: list[str], weights_file: st
         fetch_timm(spec.name, spec.arch, out, label_space, weights_file)
     elif spec.source == "file":
         fetch_timm(spec.name, spec.arch, out, label_space, weights_file or spec.weights.split(":", 1)[1])
+    elif spec.source == "open_clip" and spec.weights.split(":", 1)[1].startswith(LOCAL_DIR):
+        from . import clip
+
+        fetch_open_clip_folder(spec.name, spec.weights.split(":", 1)[1][len(LOCAL_DIR):], out, label_space,
+                               clip.imagenet_classnames(), clip.imagenet_templates(spec.templates), device=device)
     elif spec.source == "open_clip":
         from . import clip
 
         arch, _, tag = spec.weights.split(":", 1)[1].partition("/")
-        fetch_open_clip(spec.name, arch, tag, out, label_space, clip.imagenet_classnames(), clip.imagenet_templates(),
+        fetch_open_clip(spec.name, arch, tag, out, label_space, clip.imagenet_classnames(),
+                        clip.imagenet_templates(spec.templates),
                         weights_file=weights_file or spec.weights_file, device=device)
     else:
         raise RibError(f"model {spec.name!r} is not fetched (weights: {spec.weights}); see `rib pretrain`")

@@ -8,7 +8,10 @@ This module is data only (no torch), so configuration checks stay fast.
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 # How the image is brought to input_size x input_size (the eval transforms of timm and open_clip):
@@ -126,6 +129,8 @@ class ModelSpec:
     # A local file of weights for an open_clip model (local_models: {arch: open_clip:ARCH/TAG, weights: FILE});
     # the tag still decides the activation and the preprocessing
     weights_file: str | None = None
+    # The prompt templates of an open_clip model's zero-shot head: openai (CLIP's 80) or simple (7)
+    templates: str = "openai"
 
     @property
     def source(self) -> str:
@@ -231,12 +236,49 @@ def _local_models(params: dict) -> dict[str, ModelSpec]:
     for name, entry in (params.get("local_models") or {}).items():
         arch, path = entry["arch"], entry["weights"]
         description = f"{arch} with weights from {path}"
-        if arch.startswith("open_clip:"):
-            specs[name] = replace(_prefixed(arch, params), name=name, weights_file=path, description=description)
+        templates = {"templates": entry["templates"]} if "templates" in entry else {}
+        if arch == "open_clip":  # an open_clip model folder: its own config, preprocessing and weights
+            folder = os.path.abspath(path)
+            specs[name] = ModelSpec(name=name, arch=f"open_clip:{LOCAL_DIR}{folder}", preprocessing=None,
+                                    family="cnn" if _folder_is_resnet(folder) else "vit",
+                                    weights=f"open_clip:{LOCAL_DIR}{folder}",
+                                    description=f"open_clip model from the folder {path}, with a zero-shot head",
+                                    **templates)
+        elif arch.startswith("open_clip:"):
+            specs[name] = replace(_prefixed(arch, params), name=name, weights_file=path, description=description,
+                                  **templates)
         else:
             specs[name] = ModelSpec(name=name, arch=arch, family="cnn" if "resnet" in arch else "vit",
                                     preprocessing=None, weights=f"file:{path}", description=description)
     return specs
+
+
+LOCAL_DIR = "local-dir:"  # open_clip's name for a model folder (open_clip_config.json and weights)
+
+
+def open_clip_folder_config(folder: str) -> dict:
+    """The ``open_clip_config.json`` of an open_clip model folder (``model_cfg``, ``preprocess_cfg``)."""
+    from ..errors import MissingFileError
+
+    path = Path(folder) / "open_clip_config.json"
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise MissingFileError(f"{path}: not found (an open_clip model folder holds open_clip_config.json "
+                               "and the weights)") from None
+    except json.JSONDecodeError as err:
+        raise MissingFileError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(config, dict) or "model_cfg" not in config:
+        raise MissingFileError(f"{path}: no model_cfg in it (not an open_clip model config)")
+    return config
+
+
+def _folder_is_resnet(folder: str) -> bool:
+    try:
+        vision = open_clip_folder_config(folder)["model_cfg"].get("vision_cfg", {})
+    except Exception:  # reported when the model is used
+        return False
+    return isinstance(vision.get("layers"), (list, tuple))
 
 
 def models_for(params: dict) -> dict[str, ModelSpec]:
@@ -296,7 +338,11 @@ def preprocessing_of(spec: ModelSpec) -> Preprocessing:
     if spec.source == "open_clip":
         import open_clip
 
-        arch, _, tag = spec.weights.split(":", 1)[1].partition("/")
+        rest = spec.weights.split(":", 1)[1]
+        if rest.startswith(LOCAL_DIR):  # the folder's own preprocess config at its image size
+            config = open_clip_folder_config(rest[len(LOCAL_DIR):])
+            return from_open_clip_config(folder_preprocess_cfg(config))
+        arch, _, tag = rest.partition("/")
         return from_open_clip_config(open_clip_preprocess_cfg(arch, tag))
     import timm
 
@@ -306,6 +352,18 @@ def preprocessing_of(spec: ModelSpec) -> Preprocessing:
     from timm.data import resolve_data_config
 
     return from_timm_config(resolve_data_config({}, pretrained_cfg=cfg.to_dict()))
+
+
+def folder_preprocess_cfg(config: dict) -> dict:
+    """An open_clip model folder's preprocess config, as create_model merges it over the defaults,
+    with the vision tower's image size."""
+    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
+
+    cfg = merge_preprocess_dict(PreprocessCfg(), config.get("preprocess_cfg") or {})
+    size = (config["model_cfg"].get("vision_cfg") or {}).get("image_size")
+    if size is not None:
+        cfg["size"] = size
+    return cfg
 
 
 def open_clip_preprocess_cfg(arch: str, tag: str | None) -> dict:
@@ -353,6 +411,8 @@ def check_available(spec: ModelSpec) -> None:
             hint = difflib.get_close_matches(spec.arch, known, n=3)
             tail = f"; did you mean {' or '.join('timm:' + h for h in hint)}?" if hint else ""
             raise UnknownNameError(f"model {spec.name!r}: timm has no pretrained model {spec.arch!r}{tail}")
+    elif spec.weights.startswith(f"open_clip:{LOCAL_DIR}"):
+        open_clip_folder_config(spec.weights.split(":", 1)[1][len(LOCAL_DIR):])  # its config is there and readable
     elif spec.weights.startswith("open_clip:"):
         import open_clip
 
