@@ -17,9 +17,9 @@ install: $(STAMP)
 run: install  ## the default grid through Snakemake, all cores
 	$(BIN)/snakemake --cores all
 
-dvc: install  ## the same grid through DVC (dvc.yaml regenerated from params.yaml first)
+dvc: install  ## the same grid through DVC (dvc.yaml regenerated from params.yaml first), rib in forks of one server
 	$(BIN)/python -m rib dvc
-	$(BIN)/dvc repro
+	$(BIN)/python -m rib serve -- $(BIN)/dvc repro
 
 test: install  ## the whole test suite (unit tests and end-to-end Snakemake/DVC runs)
 	$(BIN)/python -m pytest

@@ -9,12 +9,17 @@ peak memory (resident set; on CUDA also the allocator's peak) is its own.
 
     python benchmarks/methods_vit_b16.py [--device cpu] [--batch 8] [--steps 3] [--eval-images 64]
     python benchmarks/methods_vit_b16.py --device cuda --batch 64 --steps 20 --eval-images 2048
+
+``--record FILE`` appends the run to a throughputs file (benchmarks/throughputs.yaml), where
+`rib plan` reads training and evaluation images per second of the vit_b16 family.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -92,14 +97,18 @@ def one(args) -> dict:
     predict(final, _prepared(eval_data, classes), labels, prep, scoring="restricted", batch_size=args.batch,
             device=device, precision=args.precision, show_progress=False, loaded={("bench", None, prep): eval_data})
     eval_s = time.perf_counter() - t
-    out = {"method": args.one, "implementation": cfg["method"], "device": args.device, "batch": args.batch,
-           "precision": args.precision, "s_per_step": round(per_step, 3),
+    precision = args.precision if args.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
+    out = {"method": args.one, "implementation": cfg["method"], "device": args.device, "device_name": name,
+           "batch": args.batch, "precision": precision, "s_per_step": round(per_step, 3),
            "train_img_per_s": round(args.batch / per_step, 2), "fit_seconds": round(total, 1),
            "s_per_100_eval_images": round(100 * eval_s / args.eval_images, 2),
            "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2),
            "trainable_parameters": trainable["n"]}
     if importance:
         out["importance_s_per_image"] = round(importance["s_per_image"], 3)
+    if method.head_on_features:  # features once: the fit's time outside its epochs, per image
+        out["feature_s_per_image"] = round((total - sum(h["seconds"] for h in history)) / len(data), 4)
     if device.type == "cuda":
         out["cuda_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
     return out
@@ -123,6 +132,7 @@ def main() -> None:
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--methods", nargs="+", default=METHODS)
+    ap.add_argument("--record", metavar="FILE", help="append this run to a throughputs file (rib plan reads it)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -144,6 +154,34 @@ def main() -> None:
     for r in rows:
         print(f"| {r['method']} | {r['s_per_step']} | {r['train_img_per_s']} | {r['s_per_100_eval_images']} | "
               f"{r['peak_rss_gib']} | {r['trainable_parameters']:,} | {r.get('importance_s_per_image', '')} |")
+    if args.record:
+        record(Path(args.record), args, rows)
+
+
+def record(path: Path, args, rows: list[dict]) -> None:
+    """Append the run to the ``measurements`` list that ends a throughputs file (comments kept)."""
+    import yaml
+
+    if not any(r["implementation"] == "ft" for r in rows):
+        sys.exit(f"--record: {path} not written: rib plan needs FT's numbers (add ft to --methods)")
+    keep = ("s_per_step", "train_img_per_s", "s_per_100_eval_images", "importance_s_per_image", "feature_s_per_image")
+    methods: dict = {}
+    for r in rows:
+        methods.setdefault(r["implementation"], {k: r[k] for k in keep if k in r})
+    entry = {"family": "vit_b16", "model": "vit_base_patch16_224, random weights, 1000-class head, 224 px",
+             "device": rows[0]["device_name"], "gpu": rows[0]["device"].startswith("cuda"),
+             "script": (f"benchmarks/methods_vit_b16.py --device {args.device} --batch {args.batch} --steps "
+                        f"{args.steps} --eval-images {args.eval_images} --importance-images {args.importance_images} "
+                        f"--precision {args.precision} --threads {args.threads}"),
+             "date": datetime.date.today().isoformat(), "batch": args.batch, "precision": rows[0]["precision"],
+             "methods": methods}
+    text = path.read_text() if path.exists() else "measurements:\n"
+    block = yaml.safe_dump([entry], sort_keys=False, default_flow_style=None, width=1000)
+    path.write_text(text.rstrip("\n") + "\n" + "".join(f"  {line}\n" for line in block.splitlines()))
+    from rib.plan import load_throughputs
+
+    load_throughputs(path)  # readable as rib plan reads it
+    print(f"recorded in {path}")
 
 
 if __name__ == "__main__":

@@ -61,7 +61,8 @@ def test_a_served_command_gives_the_same_files_output_and_exit_code(server, tiny
     d_err, s_err = d.communicate(timeout=60)[1], s.communicate(timeout=60)[1]
     assert d.returncode == s.returncode == 2
     assert s_err.strip() == d_err.strip() == "rib: error: params.yaml: methods.nosuch: no settings for method 'nosuch'"
-    assert "rib server" in (tmp_path / "server.log").read_text() and "nosuch" not in (tmp_path / "server.log").read_text()
+    server_log = (tmp_path / "server.log").read_text()
+    assert "rib server" in server_log and "no settings for method" not in server_log  # the error went to the job
 
 
 def test_sigterm_reaches_the_job_and_a_killed_client_leaves_no_orphan(server, tiny_pretrained, tmp_path):
@@ -98,3 +99,18 @@ def test_without_a_server_the_command_runs_by_itself(in_tiny_suite, tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert "valid (suite rib-mini" in out
+
+
+def test_serve_runs_a_command_with_a_server_for_its_rib_commands(in_tiny_suite, tmp_path):
+    """`rib serve -- CMD` (how `make dvc` runs `dvc repro`): CMD sees RIB_SERVER, its rib commands run
+    in forks of the server, CMD's exit code is returned, and the server is gone afterwards."""
+    root, _ = in_tiny_suite
+    script = ("import os, subprocess, sys; print('socket', os.environ['RIB_SERVER']); "
+              "subprocess.run([sys.executable, '-m', 'rib', 'validate'], check=True); sys.exit(3)")
+    proc = subprocess.run([sys.executable, "-m", "rib", "serve", "--socket", str(tmp_path / "s.sock"), "--",
+                           sys.executable, "-c", script], cwd=root, env=rib_env(), text=True, capture_output=True,
+                          timeout=120)
+    assert proc.returncode == 3, proc.stderr
+    assert f"socket {tmp_path / 's.sock'}" in proc.stdout
+    assert "rib server on" in proc.stderr and "served: rib validate" in proc.stderr  # ran in a fork
+    assert not (tmp_path / "s.sock").exists()

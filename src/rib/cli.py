@@ -687,16 +687,29 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("methods", parents=[common], help="list the methods, their settings and defaults")
     s.set_defaults(func=cmd_methods)
 
+    s = sub.add_parser("plan", parents=[common],
+                       help="what a run of the params file costs: jobs per rule, images, disk, hours")
+    s.add_argument("--throughput", action="append", default=[], metavar="FAMILY=TRAIN,EVAL",
+                   help="training and evaluation images/s of a model family (e.g. vit_b16=400,2500), over the "
+                        "measured ones; repeatable")
+    s.add_argument("--throughputs", default=None, metavar="FILE",
+                   help="measured throughputs (default: benchmarks/throughputs.yaml of this checkout)")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_plan)
+
     s = sub.add_parser("dvc", parents=[common], help="write the DVC pipeline (dvc.yaml) of the params file")
     s.add_argument("--out", default=None, help="file to write (default: dvc.yaml, for params.yaml)")
     s.add_argument("--check", action="store_true", help="only check that the file is up to date")
     s.set_defaults(func=cmd_dvc)
 
     s = sub.add_parser("serve", parents=[common],
-                       help="keep torch and timm imported and run rib commands in forks (RIB_SERVER=SOCKET)")
-    s.add_argument("--socket", required=True, help="Unix socket to listen on")
+                       help="keep torch and timm imported and run rib commands in forks (RIB_SERVER=SOCKET); "
+                            "`rib serve -- CMD ...` runs CMD (e.g. dvc repro) with a server for its rib commands")
+    s.add_argument("--socket", default=None, help="Unix socket to listen on (required without a command)")
     s.add_argument("--idle-timeout", type=float, default=300.0, help="exit after this many idle seconds")
     s.add_argument("--parent", type=int, default=None, help="exit once this process is gone")
+    s.add_argument("command", nargs=argparse.REMAINDER,
+                   help="after --: a command to run with RIB_SERVER set; the server stops when it ends")
     s.set_defaults(func=cmd_serve)
     return p
 
@@ -866,9 +879,24 @@ def cmd_dvc(args, params) -> int:
     return 0
 
 
-def cmd_serve(args, params) -> int:
-    from .server import serve
+def cmd_plan(args, params) -> int:
+    import json
 
+    from .plan import make_plan, render
+
+    plan = make_plan(params, args.params, overrides=args.throughput, throughputs_file=args.throughputs)
+    print(json.dumps(plan.as_dict(), indent=1) if args.json else render(plan))
+    return 0
+
+
+def cmd_serve(args, params) -> int:
+    from .server import serve, serve_while
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if command:
+        return serve_while(command, args.socket)
+    if not args.socket:
+        raise RibError("rib serve: --socket SOCKET is required (or give a command to run: rib serve -- CMD ...)")
     return serve(args.socket, idle_timeout=args.idle_timeout, parent=args.parent)
 
 

@@ -187,6 +187,40 @@ def _child(conn: socket.socket, request: dict, fds: list[int], initial_seed: int
         os._exit(int(code) & 0xFF)
 
 
+def serve_while(command: list[str], path: str | None = None, wait: float = 60.0) -> int:
+    """Run ``command`` (``dvc repro``, a script) with a server for the ``rib`` commands it starts:
+    a ``rib serve`` in its own process for as long as the command runs, named in the command's
+    environment (``RIB_SERVER``). Its exit code is the command's; without a server (it did not come
+    up within ``wait`` seconds) the rib commands run as ordinary processes."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="rib-serve-") as tmp:
+        path = os.path.abspath(path) if path else os.path.join(tmp, "rib.sock")
+        server = subprocess.Popen([sys.executable, "-m", "rib", "serve", "--socket", path, "--parent",
+                                   str(os.getpid())], stdin=subprocess.DEVNULL)
+        try:
+            deadline = time.time() + wait
+            while not os.path.exists(path) and server.poll() is None and time.time() < deadline:
+                time.sleep(0.05)
+            env = dict(os.environ)
+            if os.path.exists(path):
+                env[ENV] = path
+            else:
+                log.warning("rib server did not start; the rib commands run as ordinary processes")
+            try:
+                return subprocess.call(command, env=env)
+            except FileNotFoundError:
+                log.error("%s: command not found", command[0])
+                return 127
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+
+
 def serve(path: str, idle_timeout: float = 300.0, parent: int | None = None) -> int:
     """Listen on ``path`` until idle for ``idle_timeout`` seconds with no child running, or until
     the ``parent`` process is gone."""
@@ -251,6 +285,7 @@ def serve(path: str, idle_timeout: float = 300.0, parent: int | None = None) -> 
                 listener.close()
                 _child(conn, request, fds, initial_seed)
             children.add(pid)
+            log.info("served: rib %s (pid %d)", " ".join(map(str, request.get("argv", [])))[:300], pid)
             conn.close()
             for fd in fds:
                 os.close(fd)

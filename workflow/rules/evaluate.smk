@@ -66,6 +66,9 @@ rule combine:
         own=lambda w: prepared(w.dataset),
         out_dir=lambda w, output: os.path.dirname(output[0]),
     threads: THREADS
+    # WiSE-FT's sweep evaluates a model per alpha: the longest jobs of a grid. Started first among the
+    # jobs ready to run, they do not end a run on one busy core while the others idle.
+    priority: 1
     resources:
         **job_resources("combine"),
     wildcard_constraints:
