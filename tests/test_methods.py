@@ -8,6 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.nn import functional as F
 
 from rib.cli import main
 from rib.config import ConfigError, method_schedule, validate
@@ -529,3 +530,52 @@ def test_the_paper_configuration_runs_the_reference_codes_settings(capsys):
     assert "lora_adapters = lora (the reference code's lora)" in out
     assert "alpha 16 (reference code: 1)" in out and "temperature_squared True (reference code: False)" in out
     assert "ewc_fisher = ewc_fisher (not in the reference code)" in out
+
+
+def test_model_stock_with_three_models_and_nonzero_pretrained_weights_is_the_closed_form():
+    """Model Stock (Jang et al. 2024) for N = 3 fine-tuned models whose updates from theta0 meet at
+    pairwise cosines of 0.5: t = N cos / (1 + (N - 1) cos) = 0.75 and the merge is
+    t * mean(theta_i) + (1 - t) * theta0; the (1 - t) theta0 term shows because theta0 is not zero."""
+    theta0 = torch.tensor([1.0, -2.0, 0.5])
+    units = [torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.5, 3 ** 0.5 / 2, 0.0]),
+             torch.tensor([0.5, 3 ** 0.5 / 6, (2 / 3) ** 0.5])]
+    finetuned = [theta0 + scale * u for scale, u in zip((2.0, 1.0, 3.0), units)]  # norms differ, angles do not
+    assert stock_ratio(theta0, finetuned) == pytest.approx(0.75)
+    merged, ratios = model_stock({"w": theta0, "steps": torch.tensor(7)},
+                                 [{"w": w, "steps": torch.tensor(7)} for w in finetuned])
+    expected = 0.75 * torch.stack(finetuned).mean(0) + 0.25 * theta0
+    assert torch.allclose(merged["w"], expected, atol=1e-6) and ratios == {"w": pytest.approx(0.75)}
+    assert not torch.allclose(merged["w"], 0.75 * torch.stack(finetuned).mean(0))  # theta0 matters
+    assert merged["steps"].item() == 7  # integer buffers are copied, not averaged
+
+
+def test_ewc_fisher_and_its_strength_against_a_hand_computation():
+    """EWC's diagonal Fisher on a softmax regression, by hand: the mean over images of the squared
+    gradient of -log p(y|x), y drawn from the model's own prediction with the method's seeded
+    generator; then loss = CE + 1/2 * strength * sum F (theta - theta0)^2."""
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 4)
+    xs = torch.randn(5, 3)
+    ctx = SimpleNamespace(seed=2, device=CPU, prep=None, normalize=lambda x, prep, device: x)
+    method = get_method("ewc_fisher", {"strength": 10.0, "samples": 5})
+    data = type("Images", (), {"images": xs, "__len__": lambda self: len(xs)})()
+    fisher = method.estimate(model, data, ctx)
+    generator = torch.Generator().manual_seed(ctx.seed * 7919 + 17)
+    w_sq, b_sq = torch.zeros(4, 3), torch.zeros(4)
+    with torch.no_grad():
+        for x in xs:
+            p = torch.softmax(model(x[None]), dim=-1)[0]
+            y = torch.multinomial(p, 1, generator=generator).item()
+            g = p - F.one_hot(torch.tensor(y), 4).float()  # d(-log p_y)/d logits
+            w_sq += torch.outer(g, x) ** 2
+            b_sq += g ** 2
+    assert torch.allclose(fisher["weight"], w_sq / 5, atol=1e-6) and torch.allclose(fisher["bias"], b_sq / 5, atol=1e-6)
+    method.setup(model, SimpleNamespace(device=CPU, seed=0))
+    method.importance = fisher
+    with torch.no_grad():
+        model.weight.add_(0.1)
+    logits, targets = model(xs), torch.tensor([0, 1, 2, 3, 0])
+    extra = method.loss(model, None, logits, targets, None) - F.cross_entropy(logits, targets)
+    assert float(extra.detach()) == pytest.approx(0.5 * 10.0 * float((fisher["weight"] * 0.01).sum()), rel=1e-4)
