@@ -246,3 +246,14 @@ def test_data_classes_reads_a_full_dataset_folder(tmp_path):
         (tmp_path / wnid / "x.JPEG").write_bytes(b"")
     found = index(spec, tmp_path, get_suite(params).label_space)
     assert [r.path for r in found.records] == ["n01440764/x.JPEG"]
+
+
+def test_a_test_that_cannot_run_skips_here_and_fails_under_ci(monkeypatch):
+    from tests.conftest import skip_or_fail
+
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="no SLURM"):
+        skip_or_fail("no SLURM")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="no SLURM \\(CI=true: this test must run in CI, not skip\\)"):
+        skip_or_fail("no SLURM")

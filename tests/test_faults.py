@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests import faults
-from tests.conftest import rib_env
+from tests.conftest import rib_env, skip_or_fail
 
 pytestmark = pytest.mark.e2e
 
@@ -129,7 +129,7 @@ def small_disk(tmp_path):
     mount.mkdir()
     if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
                                            capture_output=True).returncode != 0:
-        pytest.skip("mounting a small tmpfs needs root")
+        skip_or_fail("mounting a small tmpfs needs root")
     yield mount
     subprocess.run(["umount", "-l", str(mount)], check=False)
 

@@ -18,6 +18,7 @@ from rib.config import load
 from rib.data.manifest import load_prepared, prepare
 from rib.data.suites import get_suite
 from rib.evaluate import cell_record
+from tests.conftest import REPO
 
 FAMILY = ("imagenet", "cartoon", "drawing", "c")  # imagenet-rib: the val photos and three renditions
 PHOTOS_PER_CLASS = 12
@@ -34,7 +35,7 @@ def family(tmp_path_factory):
     val and Cartoon with every photo, Drawing with some, C (two corruptions x two severities) with
     five per class in every leaf; plus Sketch, which shares the names but is no rendition."""
     root = tmp_path_factory.mktemp("family")
-    params = load("configs/imagenet-rib.yaml")
+    params = load(REPO / "configs" / "imagenet-rib.yaml")
     suite = get_suite(params)
     classes = suite.dataset("imagenet").classes[:3]
     rng = np.random.default_rng(0)
@@ -113,10 +114,10 @@ def test_no_photo_a_cell_was_fine_tuned_on_is_scored_by_the_leak_free_protocol(f
 
 
 def test_the_families_come_from_the_suite_and_the_setting():
-    params = load("configs/imagenet-rib.yaml")
+    params = load(REPO / "configs" / "imagenet-rib.yaml")
     assert params["split"]["leak_free"] is False and photo_families(params) is None
     params["split"]["leak_free"] = True
     assert photo_families(params) == {name: "imagenet-val" for name in FAMILY}
-    mini = load("params.yaml")
+    mini = load(REPO / "params.yaml")
     assert mini["split"]["leak_free"] is True
     assert set(photo_families(mini)) == {"source", "cartoon", "drawing", "c"}

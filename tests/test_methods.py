@@ -22,6 +22,7 @@ from rib.methods.lwf import distillation_loss
 from rib.methods.weights import average, greedy_soup, interpolate, model_stock, stock_ratio
 from rib.models import network
 from rib.train import Schedule, fit
+from tests.conftest import REPO
 
 CPU = torch.device("cpu")
 TRAIN_METHODS = ["ft", "lp", "linear_probe", "lora", "visual_prompt", "ewc", "ewc_fisher", "l2sp", "lwf", "mas"]
@@ -495,7 +496,7 @@ def test_the_default_params_run_every_method(tmp_path):
     from rib.config import load
     from rib.methods import METHODS, implementation
 
-    params = load("params.yaml")
+    params = load(REPO / "params.yaml")
     used = {implementation(params, m) for m in params["grid"]["methods"]}
     assert used == set(METHODS)
     assert "ft_seed1" in grid.train_entries(params)  # trained for Model Stock, not a table row

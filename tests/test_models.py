@@ -163,7 +163,9 @@ def test_dry_run_with_any_timm_and_open_clip_model(tmp_path):
     assert "models/imagenet-rib/open_clip--ViT-B-32--openai/pretrained.pt" in proc.stdout
     assert "rib models fetch open_clip--ViT-B-32--openai" in proc.stdout
     # run for real, offline (the hub made unreachable at once): a local rule, and a clear error
-    env = {**rib_env(), "HF_HUB_OFFLINE": "1"}
+    # offline, with an empty hub cache: the same on every machine, whatever it downloaded before
+    env = {**rib_env(), "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(tmp_path / "hf" / "hub"),
+           "TORCH_HOME": str(tmp_path / "torch")}
     target = "models/imagenet-rib/timm--vit_small_patch16_224.augreg_in21k/pretrained.pt"
     proc = subprocess.run([sys.executable, "-m", "snakemake", target, "--cores", "1", "--configfile", "other.yaml"],
                           cwd=tmp_path, env=env, text=True, capture_output=True)

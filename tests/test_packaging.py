@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import tomllib
+from pathlib import Path
 
 import yaml
 
@@ -43,3 +46,12 @@ def test_readme_opens_with_the_two_commands():
 def test_ci_runs_the_readme_test_command():
     script = (REPO / ".ci" / "run").read_text()
     assert "make test" in script
+
+
+def test_plain_pytest_from_another_folder_finds_the_tests_package(tmp_path):
+    """`pytest` as well as `python -m pytest`, and from any working folder (the tests import `tests.*`)."""
+    pytest_bin = Path(sys.executable).parent / "pytest"
+    proc = subprocess.run([str(pytest_bin), "--collect-only", "-q", "-p", "no:cacheprovider",
+                           str(REPO / "tests" / "test_leak_free.py")], cwd=tmp_path, text=True, capture_output=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "3 tests collected" in proc.stdout

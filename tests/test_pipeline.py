@@ -246,3 +246,40 @@ def test_rules_ask_the_cluster_for_the_params_resources(tmp_path):
     assert "mem_mb=9000" in resources("finetune") and "runtime=90" in resources("finetune")
     assert "gpu=" not in resources("prepare") and "mem_mb=1500" in resources("prepare")
     assert "runtime=20" in resources("evaluate_pretrained") and "runtime=7" in resources("evaluate_finetuned")
+
+
+def test_the_inspection_commands_on_a_finished_workspace(snakemake_run, tmp_path):
+    """rib grid, rib methods, rib verify (plain, --repair, --all-suites), rib cell for a pretrained, a
+    weight-space and a not yet computed cell, and rib dvc --check on both committed dvc.yaml files."""
+    ws, _ = snakemake_run
+    copy = tmp_path / "ws"
+    shutil.copytree(ws, copy, symlinks=True, ignore=shutil.ignore_patterns(".snakemake"))
+    cells = pd.read_csv(copy / "reports/rib-mini/cells.csv")
+    listed = run_rib("grid", "cells", cwd=copy).stdout.split()
+    assert len(listed) == len(cells) and "results/rib-mini/mini_vit.narrow/wise_ft/c/sketch.json" in listed
+    methods = run_rib("methods", cwd=copy).stdout
+    assert "lora" in methods and "[ref:" in methods
+    assert run_rib("verify", cwd=copy).returncode == 0
+    # a damaged cell: named, left in place by plain verify, moved aside by --repair
+    damaged = copy / "results/rib-mini/mini_vit.narrow/ft/c/source.json"
+    damaged.write_text(damaged.read_text()[:40])
+    plain = run_rib("verify", cwd=copy, check=False)
+    assert plain.returncode == 1 and "results/rib-mini/mini_vit.narrow/ft/c/source.json" in plain.stdout + plain.stderr
+    assert damaged.exists()
+    repair = run_rib("verify", "--repair", cwd=copy)
+    assert "1 damaged, moved aside" in repair.stdout and not damaged.exists()
+    assert (damaged.parent / "source.json.damaged").exists()
+    assert run_rib("verify", "--all-suites", cwd=copy).returncode == 0
+    # rib cell: a pretrained cell, a weight-space one, and the one just moved aside
+    pre = json.loads((copy / "results/rib-mini/mini_vit.narrow/pretrained/sketch.json").read_text())
+    out = run_rib("cell", "mini_vit.narrow", "pretrained", "-", "sketch", cwd=copy).stdout
+    assert f"top-1 {100 * pre['top1']:.2f}%" in out and "evaluate-pretrained@mini_vit.narrow" in out
+    out = run_rib("cell", "mini_vit.narrow", "wise_ft", "c", "sketch", cwd=copy).stdout
+    assert "checkpoints/rib-mini/mini_vit.narrow/ft/c/model.pt" in out and "combine-wise_ft@mini_vit.narrow-c" in out
+    missing = run_rib("cell", "mini_vit.narrow", "ft", "c", "source", cwd=copy, check=False)
+    assert "not computed yet" in missing.stdout + missing.stderr
+    assert "snakemake --cores all results/rib-mini/mini_vit.narrow/ft/c/source.json" in missing.stdout + missing.stderr
+    # the committed DVC pipelines are those their params files generate
+    assert run_rib("dvc", "--check", cwd=REPO).returncode == 0
+    assert run_rib("--params", "configs/imagenet-rib.yaml", "dvc", "--check", "--out", "pipelines/imagenet-rib/dvc.yaml",
+                   cwd=REPO).returncode == 0

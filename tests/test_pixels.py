@@ -7,7 +7,9 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import numpy as np
+import open_clip
 import pytest
+import timm.data as timm_data
 import torch
 from PIL import Image
 
@@ -25,9 +27,6 @@ from rib.models.registry import (
     prep_key,
     preprocessing_of,
 )
-
-timm_data = pytest.importorskip("timm.data")
-open_clip = pytest.importorskip("open_clip")
 
 IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 OPENAI = {"mean": (0.48145466, 0.4578275, 0.40821073), "std": (0.26862954, 0.26130258, 0.27577711)}

@@ -29,7 +29,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import REPO, TINY_PARAMS, job_counts, rib_env
+from tests.conftest import REPO, TINY_PARAMS, job_counts, rib_env, skip_or_fail
 from tests.test_pipeline import cell_numbers, make_workspace
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slurm]
@@ -67,7 +67,7 @@ def slurm_cluster():
     if proc.returncode != 0:
         reason = (proc.stderr.strip().splitlines() or ["start-cluster.sh failed"])[-1]
         print(f"SLURM tests skipped: {reason}", file=sys.stderr)
-        pytest.skip(f"SLURM cannot be started on this machine: {reason}")
+        skip_or_fail(f"SLURM cannot be started on this machine: {reason}")
     try:
         yield
     finally:
