@@ -202,11 +202,23 @@ def outputs_left_are_valid(ws: Path) -> list[str]:
 
 
 def final_results(ws: Path) -> dict:
-    """What a run computed: every cell's numbers and the report tables."""
+    """What a run computed: every cell's numbers, the dataset distances, the fine-tuned and pretrained
+    weights (a digest of each tensor) and the report tables."""
+    import hashlib
+
+    import torch
+
     cells = {str(p.relative_to(ws)): json.loads(p.read_text())["subsets"]
              for p in sorted((ws / "results").rglob("*.json"))}
+    distances = {str(p.relative_to(ws)): json.loads(p.read_text())["otdd"]
+                 for p in sorted((ws / "distances").rglob("*.json"))}
+    weights = {}
+    for path in sorted([*(ws / "checkpoints").rglob("model.pt"), *(ws / "models").rglob("pretrained.pt")]):
+        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+        weights[str(path.relative_to(ws))] = {k: hashlib.sha256(v.contiguous().numpy().tobytes()).hexdigest()
+                                              for k, v in state.items()}
     tables = {name: (ws / "reports" / "rib-mini" / name).read_text() for name in REPORT_TABLES}
-    return {"cells": cells, "tables": tables}
+    return {"cells": cells, "distances": distances, "weights": weights, "tables": tables}
 
 
 def fill_disk(disk: Path, leave: int = 0) -> Path:

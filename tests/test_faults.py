@@ -52,17 +52,22 @@ def _rerun_until_done(ws: Path, cmd: list[str], attempts: int) -> list[subproces
     raise AssertionError(f"{' '.join(cmd)} still failing after {attempts} runs:\n{runs[-1].stderr[-3000:]}")
 
 
-@pytest.mark.parametrize("seed", [11])
+@pytest.mark.parametrize("seed", [11, 12])
 def test_a_run_killed_in_every_step_completes_with_the_same_numbers(reference, tmp_path, seed):
     ref_ws, expected = reference
     ws = faults.make_workspace(tmp_path / "killed")
     rng = random.Random(seed)
-    for stage, max_delay in (("prepare", 0.5), ("finetune", 0.1), ("evaluate", 0.5), ("aggregate", 0.8)):
-        kill = faults.kill_during(ws, faults.snakemake_cmd(), stage, rng, max_delay)
-        assert not kill.finished_first, f"the run ended before reaching {stage}"
-        assert kill.killed and not faults.processes_in(ws)
-        # whatever the killed run left under an output's name is complete and valid
-        assert faults.outputs_left_are_valid(ws) == []
+    for stage, max_delay in (("prepare", 0.1), ("finetune", 0.1), ("evaluate", 0.5), ("aggregate", 0.8)):
+        for _ in range(4):  # a kill that came after the targeted job ended is tried again, sooner
+            kill = faults.kill_during(ws, faults.snakemake_cmd(), stage, rng, max_delay)
+            assert not kill.finished_first, f"the run ended before reaching {stage}"
+            assert kill.killed and not faults.processes_in(ws)
+            # whatever the killed run left under an output's name is complete and valid
+            assert faults.outputs_left_are_valid(ws) == []
+            if kill.hit:
+                break
+            max_delay /= 4
+        assert kill.hit, f"no kill landed while a {stage} job ran"
         assert list((ws / ".snakemake" / "locks").glob("*.lock"))  # the killed run's lock is still there ...
     done = faults.run(faults.snakemake_cmd(), ws)  # ... and the same command still just runs
     assert "left in .snakemake/locks by a run that was killed" in done.stderr

@@ -127,8 +127,8 @@ def test_report_and_one_cell_lookup(snakemake_run):
     snakemake(ws, "--report", "report.html")
     html = (ws / "report.html").read_text()
     assert len(html) > 100_000
-    for name in ("radar.png", "ri_heatmap.pdf", "wise_curve.png", "otdd_scatter.png", "summary_by_method.csv",
-                 "imagenet_c.csv", "distances.csv"):
+    for name in ("radar.png", "bar.png", "ri_heatmap.pdf", "ood_scatter.png", "wise_curve.png", "otdd_scatter.png",
+                 "summary_by_method.csv", "imagenet_c.csv", "distances.csv"):  # every figure is in the report
         assert name in html, name
     assert "Points below the diagonal lost" in html  # a caption
     out = run_rib("cell", "mini_vit.narrow", "lp_ft", "c", "sketch", cwd=ws).stdout
@@ -283,3 +283,43 @@ def test_the_inspection_commands_on_a_finished_workspace(snakemake_run, tmp_path
     assert run_rib("dvc", "--check", cwd=REPO).returncode == 0
     assert run_rib("--params", "configs/imagenet-rib.yaml", "dvc", "--check", "--out", "pipelines/imagenet-rib/dvc.yaml",
                    cwd=REPO).returncode == 0
+
+
+def test_the_figures_plot_the_tables_values(snakemake_run, monkeypatch, tmp_path):
+    """Each figure's plotted values are the table's (the PNG/PDF checks above only see the files)."""
+    import numpy as np
+
+    from rib import figures
+
+    ws, _ = snakemake_run
+    drawn = {}
+    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.__setitem__(path("png").split("/")[-1][:-4], fig))
+    reports = ws / "reports/rib-mini"
+    tables = {name: str(reports / f"{name}.csv") for name in ("metrics", "summary", "sweeps", "distances", "ri_matrix")}
+    figures.draw_all(tables, {"focus_dataset": "sketch", "focus_method": "ft"}, lambda n, e: f"{tmp_path}/{n}.{e}")
+    assert set(drawn) == {"radar", "bar", "ri_heatmap", "ood_scatter", "wise_curve", "otdd_scatter"}
+    metrics, summary = pd.read_csv(tables["metrics"]), pd.read_csv(tables["summary"])
+    sweeps, distances = pd.read_csv(tables["sweeps"]), pd.read_csv(tables["distances"])
+    # radar: pretrained and after-FT accuracy on each evaluation dataset, FT on sketch
+    sel = metrics[(metrics.finetune_dataset == "sketch") & (metrics.method == "ft")]
+    pre_line, ft_line = drawn["radar"].axes[0].lines[:2]
+    assert np.allclose(pre_line.get_ydata()[:-1], sel.acc_pre) and np.allclose(ft_line.get_ydata()[:-1], sel.acc_ft)
+    # bar (left panel, D_ft = sketch): the pretrained bar, then one bar per method, in the table's order
+    heights = [p.get_height() for p in drawn["bar"].axes[0].patches]
+    on_sketch = summary[summary.finetune_dataset == "sketch"]
+    assert np.allclose(heights, [on_sketch.ood_pre.mean(), *on_sketch.ood_ft], equal_nan=True)
+    # RI heatmap of FT: the matrix rows
+    matrix = pd.read_csv(tables["ri_matrix"])
+    rows = matrix[matrix.method == "ft"].drop(columns=["model", "method", "finetune_dataset"]).to_numpy(float)
+    assert np.allclose(np.asarray(drawn["ri_heatmap"].axes[0].images[0].get_array()), rows, equal_nan=True)
+    # OOD scatter: per method, mean OOD accuracy before and after over the fine-tuning datasets
+    points = np.concatenate([c.get_offsets() for c in drawn["ood_scatter"].axes[0].collections])
+    means = summary.groupby(["model", "method"], sort=False)[["ood_pre", "ood_ft"]].mean().to_numpy()
+    assert np.allclose(points, means)
+    # WiSE-FT curve: the sweep's held-out D_ft and OOD accuracy per alpha
+    curve = drawn["wise_curve"].axes[0].lines[0]
+    by_alpha = sweeps.groupby("alpha")[["finetune", "ood"]].mean()
+    assert np.allclose(curve.get_xdata(), by_alpha.finetune) and np.allclose(curve.get_ydata(), by_alpha.ood)
+    # OTDD against the source accuracy FT lost
+    points = drawn["otdd_scatter"].axes[0].collections[0].get_offsets()
+    assert np.allclose(points, distances[["otdd", "source_drop_ft"]].to_numpy(float))
