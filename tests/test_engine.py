@@ -83,3 +83,24 @@ def test_device_decoding_is_close_to_the_pil_path(tmp_path):
         assert (out[k].int() - ref).abs().float().mean() < 3.0
     with pytest.raises(DataError, match="bad.png: not a readable image"):
         decode_on_device([b"not an image"], prep, torch.device("cpu"), paths=[tmp_path / "bad.png"])
+
+
+def test_full_scoring_through_rib_evaluate(in_tiny_suite, tiny_vit, tmp_path):
+    """evaluate.scoring: full takes the argmax over the whole label space; restricted (the default)
+    over the dataset's classes only. Wherever full is right, restricted is too, never the other way."""
+    import json
+
+    import yaml
+
+    from rib.cli import main
+
+    root, params = in_tiny_suite
+    full = tmp_path / "full.yaml"
+    full.write_text(yaml.safe_dump({**params, "evaluate": {**params["evaluate"], "scoring": "full"}}))
+    assert main(["evaluate", tiny_vit, "--out-dir", str(tmp_path / "restricted"), "-q"]) == 0
+    assert main(["--params", str(full), "evaluate", tiny_vit, "--out-dir", str(tmp_path / "full"), "-q"]) == 0
+    for name in ("source", "sketch", "c"):
+        a = json.loads((tmp_path / "restricted" / f"{name}.json").read_text())
+        b = json.loads((tmp_path / "full" / f"{name}.json").read_text())
+        assert (a["scoring"], b["scoring"]) == ("restricted", "full")
+        assert b["top1"] <= a["top1"], name
