@@ -174,12 +174,13 @@ def index(spec: DatasetSpec, root: str | os.PathLike, label_space: tuple[str, ..
     if spec.layout == "mapped_folders":
         classes = read_mapping(root, label_space)
         where = root / MAPPING_DIR
-        if spec.classes is not None and spec.keep(classes) != spec.classes:
+        kept = spec.keep(classes)  # data.classes
+        if spec.classes is not None and kept != spec.classes:
             raise LayoutError(f"{where}: classes differ from the {spec.name!r} class map")
         if spec.expected_num_classes is not None and len(classes) != spec.expected_num_classes:
             raise LayoutError(f"{where}: {len(classes)} classes map onto the label space, "
                               f"expected {spec.expected_num_classes}")
-        classes = spec.keep(classes)  # data.classes
+        classes = kept
         mapped = {c.folder for c in classes}
         ignored = tuple(sorted(e.name for e in os.scandir(root / "images") if e.is_dir() and e.name not in mapped))
         records = _class_folders(root / "images", classes, "images/", "", False, allow_extra=True)

@@ -273,10 +273,10 @@ def fetch(spec, out: str | os.PathLike, label_space: list[str], weights_file: st
         fetch_timm(spec.name, spec.arch, out, label_space, weights_file)
     elif spec.source == "file":
         fetch_timm(spec.name, spec.arch, out, label_space, weights_file or spec.weights.split(":", 1)[1])
-    elif spec.source == "open_clip" and spec.weights.split(":", 1)[1].startswith(LOCAL_DIR):
+    elif spec.open_clip_folder:
         from . import clip
 
-        fetch_open_clip_folder(spec.name, spec.weights.split(":", 1)[1][len(LOCAL_DIR):], out, label_space,
+        fetch_open_clip_folder(spec.name, spec.open_clip_folder, out, label_space,
                                clip.imagenet_classnames(), clip.imagenet_templates(spec.templates), device=device)
     elif spec.source == "open_clip":
         from . import clip

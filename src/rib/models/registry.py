@@ -137,6 +137,12 @@ class ModelSpec:
         return self.weights.split(":", 1)[0]
 
     @property
+    def open_clip_folder(self) -> str | None:
+        """The open_clip model folder the weights come from (local_models ``arch: open_clip``), if any."""
+        rest = self.weights.split(":", 1)[1] if self.source == "open_clip" else ""
+        return rest[len(LOCAL_DIR):] if rest.startswith(LOCAL_DIR) else None
+
+    @property
     def pretrain_corpus(self) -> str | None:
         return self.weights.split(":", 1)[1] if self.source == "pretrain" else None
 
@@ -338,11 +344,9 @@ def preprocessing_of(spec: ModelSpec) -> Preprocessing:
     if spec.source == "open_clip":
         import open_clip
 
-        rest = spec.weights.split(":", 1)[1]
-        if rest.startswith(LOCAL_DIR):  # the folder's own preprocess config at its image size
-            config = open_clip_folder_config(rest[len(LOCAL_DIR):])
-            return from_open_clip_config(folder_preprocess_cfg(config))
-        arch, _, tag = rest.partition("/")
+        if spec.open_clip_folder:  # the folder's own preprocess config at its image size
+            return from_open_clip_config(folder_preprocess_cfg(open_clip_folder_config(spec.open_clip_folder)))
+        arch, _, tag = spec.weights.split(":", 1)[1].partition("/")
         return from_open_clip_config(open_clip_preprocess_cfg(arch, tag))
     import timm
 
@@ -354,16 +358,21 @@ def preprocessing_of(spec: ModelSpec) -> Preprocessing:
     return from_timm_config(resolve_data_config({}, pretrained_cfg=cfg.to_dict()))
 
 
-def folder_preprocess_cfg(config: dict) -> dict:
-    """An open_clip model folder's preprocess config, as create_model merges it over the defaults,
-    with the vision tower's image size."""
+def _merged_preprocess_cfg(overlay: dict | None, model_cfg: dict | None) -> dict:
+    """open_clip's PreprocessCfg defaults with ``overlay`` over them (a tag's or a folder's config), at
+    the image size of ``model_cfg``'s vision tower, as create_model merges them."""
     from open_clip.transform import PreprocessCfg, merge_preprocess_dict
 
-    cfg = merge_preprocess_dict(PreprocessCfg(), config.get("preprocess_cfg") or {})
-    size = (config["model_cfg"].get("vision_cfg") or {}).get("image_size")
+    cfg = merge_preprocess_dict(PreprocessCfg(), overlay or {})
+    size = ((model_cfg or {}).get("vision_cfg") or {}).get("image_size")
     if size is not None:
         cfg["size"] = size
     return cfg
+
+
+def folder_preprocess_cfg(config: dict) -> dict:
+    """An open_clip model folder's preprocess config (its ``open_clip_config.json``)."""
+    return _merged_preprocess_cfg(config.get("preprocess_cfg"), config["model_cfg"])
 
 
 def open_clip_preprocess_cfg(arch: str, tag: str | None) -> dict:
@@ -371,14 +380,10 @@ def open_clip_preprocess_cfg(arch: str, tag: str | None) -> dict:
     create_model builds it: PreprocessCfg's defaults, the tag's config over them, the model's image
     size (imports open_clip)."""
     import open_clip
-    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
 
     name = arch.replace("/", "-")
-    cfg = merge_preprocess_dict(PreprocessCfg(), (open_clip.get_pretrained_cfg(name, tag) if tag else None) or {})
-    size = ((open_clip.get_model_config(name) or {}).get("vision_cfg") or {}).get("image_size")
-    if size is not None:
-        cfg["size"] = size
-    return cfg
+    return _merged_preprocess_cfg(open_clip.get_pretrained_cfg(name, tag) if tag else None,
+                                  open_clip.get_model_config(name))
 
 
 def get_model(name: str, params: dict) -> ModelSpec:
@@ -411,8 +416,8 @@ def check_available(spec: ModelSpec) -> None:
             hint = difflib.get_close_matches(spec.arch, known, n=3)
             tail = f"; did you mean {' or '.join('timm:' + h for h in hint)}?" if hint else ""
             raise UnknownNameError(f"model {spec.name!r}: timm has no pretrained model {spec.arch!r}{tail}")
-    elif spec.weights.startswith(f"open_clip:{LOCAL_DIR}"):
-        open_clip_folder_config(spec.weights.split(":", 1)[1][len(LOCAL_DIR):])  # its config is there and readable
+    elif spec.open_clip_folder:
+        open_clip_folder_config(spec.open_clip_folder)  # its config is there and readable
     elif spec.weights.startswith("open_clip:"):
         import open_clip
 
