@@ -189,14 +189,15 @@ def test_the_pad_prompt_changes_only_border_pixels_and_nothing_else(in_tiny_suit
     cfg = _config(params, "visual_prompt")
     start = get_method("visual_prompt", cfg).setup(ckpt.model, TrainContext(device=CPU, seed=0,
                                                                              prep=ckpt.preprocessing))
-    inner = torch.zeros(32, 32, dtype=torch.bool)
-    inner[4:28, 4:28] = True
+    side = params["synthetic"]["image_size"]
+    inner = torch.zeros(side, side, dtype=torch.bool)
+    inner[4:side - 4, 4:side - 4] = True
     initial = start.prompt().detach()[0]
     border = initial[:, ~inner]  # the reference's PadPrompter: torch.randn in normalised-pixel space
-    assert border.numel() == 3 * (32 * 32 - 24 * 24)
+    assert border.numel() == 3 * (side ** 2 - (side - 8) ** 2)
     assert abs(float(border.mean())) < 0.1 and 0.9 < float(border.std()) < 1.1
     final, wrapper, _ = _train(params, tiny_vit, "visual_prompt", tmp_path / "s.pt")
-    assert wrapper == {"kind": "pad_prompt", "width": 4, "image_size": 32}
+    assert wrapper == {"kind": "pad_prompt", "width": 4, "image_size": side}
     prompt = final.prompt().detach()[0]
     assert prompt[:, inner].abs().max() == 0
     assert not torch.equal(prompt, initial), "the prompt did not learn"
@@ -210,7 +211,7 @@ def test_the_pad_prompt_changes_only_border_pixels_and_nothing_else(in_tiny_suit
     network.save(tmp_path / "vp.pt", final, name=ckpt.name, arch=ckpt.arch, arch_kwargs=ckpt.arch_kwargs,
                  label_space=ckpt.label_space, preprocessing=ckpt.preprocessing, meta={}, wrapper=wrapper)
     again = network.load(tmp_path / "vp.pt")
-    x = torch.randn(2, 3, 32, 32)
+    x = torch.randn(2, 3, side, side)
     with torch.no_grad():
         assert torch.equal(final.eval()(x), again.model.eval()(x))
 
@@ -305,7 +306,8 @@ def test_lwf_distillation_is_zero_when_the_student_is_the_teacher(in_tiny_suite,
     method = get_method("lwf", _config(params, "lwf"))
     ctx = TrainContext(device=CPU, seed=0, projection=projection, prep=ckpt.preprocessing)
     module = method.setup(ckpt.model, ctx).eval()
-    x = torch.randn(4, 3, 32, 32)
+    side = params["synthetic"]["image_size"]
+    x = torch.randn(4, 3, side, side)
     y = torch.tensor([0, 1, 2, 3])
     with torch.no_grad():
         logits = projection.restrict(module(x))
@@ -385,6 +387,53 @@ def test_greedy_soup_never_adds_an_ingredient_that_lowers_heldout_accuracy(cente
         if step["added"]:
             best = step["soup"]
     assert score(average([ingredients[n] for n in chosen])) >= max(alone.values())
+
+
+def test_greedy_soup_through_rib_combine_keeps_only_the_known_best_ingredient(in_tiny_suite, tiny_pretrained, tmp_path):
+    """Four ingredients of the tiny grid's greedy_soup entry: FT on C, and three copies of it whose head is
+    reversed and tripled (they rank the classes backwards, and so does any average that holds one).
+    Through `rib combine`: the trail ranks FT first, rejects every soup with a reversed head, and the
+    soup it keeps is FT itself (its cells equal FT's own)."""
+    import yaml
+
+    root, params = in_tiny_suite
+    stronger = tmp_path / "params.yaml"  # FT long enough to be clearly above chance on C's held-out part
+    stronger.write_text(yaml.safe_dump({**params, "train": {**params["train"], "epochs": 6, "lr": 0.05}}))
+    common = ["--params", str(stronger)]
+    ft = tmp_path / "ft" / "model.pt"
+    assert main([*common, "finetune", "mini_resnet.narrow", "ft", "c", "--pretrained", str(tiny_pretrained),
+                 "--data", "data/rib-mini/prepared/c", "--out", str(ft), "-q"]) == 0
+    ckpt = network.load(ft)
+    head = ckpt.model.get_classifier()
+    with torch.no_grad():
+        head.weight.mul_(-3)
+        head.bias.mul_(-3)
+    reversed_ = []
+    for name in ("lp_ft", "ewc", "ewc_fisher"):  # the entry's other ingredients (tests/tiny-params.yaml)
+        path = tmp_path / name / "model.pt"
+        network.save(path, ckpt.model, name=ckpt.name, arch=ckpt.arch, arch_kwargs=ckpt.arch_kwargs,
+                     label_space=ckpt.label_space, preprocessing=ckpt.preprocessing, meta={**ckpt.meta, "method": name})
+        reversed_.append(str(path))
+    assert params["methods"]["greedy_soup"]["ingredients"] == ["ft", "lp_ft", "ewc", "ewc_fisher"]
+    out = tmp_path / "greedy"
+    assert main([*common, "combine", "mini_resnet.narrow", "greedy_soup", "c", "--pretrained", str(tiny_pretrained),
+                 "--ingredients", str(ft), *reversed_, "--data", "data/rib-mini/prepared/c",
+                 "--out-dir", str(out), "-q"]) == 0
+    assert main([*common, "evaluate", str(ft), "--out-dir", str(tmp_path / "ft-cells"), "-q"]) == 0
+    cell = json.loads((out / "c.json").read_text())
+    trail = cell["combination"]["greedy_trail"]
+    alone = {step["ingredient"]: step["alone"] for step in trail}
+    held = json.loads((tmp_path / "ft-cells" / "c.json").read_text())["subsets"]["heldout"]
+    ft_alone = held["correct"] / held["n"]  # greedy soup ranks on the plain held-out top-1 (C's cell averages leaves)
+    assert trail[0]["ingredient"] == "ft" and alone["ft"] == pytest.approx(ft_alone)
+    assert ft_alone > 0.25 + 0.1, f"FT on C should be clearly above chance (4 classes), got {ft_alone}"
+    assert all(alone[name] < ft_alone - 0.1 for name in ("lp_ft", "ewc", "ewc_fisher")), alone
+    assert [step["added"] for step in trail] == [True, False, False, False], trail
+    assert all(step["soup"] < ft_alone for step in trail[1:]), trail
+    assert cell["combination"]["settings"] == {"ingredients": ["ft"]}
+    for name in ("source", "sketch", "c"):  # a soup of FT alone is FT
+        ours = json.loads((out / f"{name}.json").read_text())["subsets"]
+        assert ours == json.loads((tmp_path / "ft-cells" / f"{name}.json").read_text())["subsets"], name
 
 
 def test_model_stock_ratio_follows_the_angle_between_updates():

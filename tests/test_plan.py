@@ -41,27 +41,27 @@ def _rows(plan, rule=None) -> dict:
 def test_tiny_plan_by_hand(tiny_params, tmp_path):
     params = validate(tiny_params)
     plan = make_plan(params, root=tmp_path, throughputs_file=tmp_path / "none.yaml")
-    # 4 classes: source 10, sketch 8, c 2 per class in each of 75 leaves, corpus narrow 30; half held out
+    # 4 classes: source 20, sketch 20, c 2 per class in each of 75 leaves, corpus narrow 300; half held out
     sizes = {n: (d.images, d.finetune, d.heldout) for n, d in plan.datasets.items()}
-    assert sizes == {"source": (40, 20, 20), "sketch": (32, 16, 16), "c": (600, 300, 300), "narrow": (120, 120, 0)}
-    evaluated = 40 + 32 + 600
+    assert sizes == {"source": (80, 40, 40), "sketch": (80, 40, 40), "c": (600, 300, 300), "narrow": (1200, 1200, 0)}
+    evaluated = 80 + 80 + 600
     rules, tuned, combined = _rows(plan), _rows(plan, "finetune"), _rows(plan, "combine")
     assert rules["evaluate_pretrained"].per_job == [evaluated] * 2
     assert rules["evaluate_finetuned"].images == 18 * evaluated
-    # 2 epochs at batch 16 over the fine-tuning part: 16 (sketch), 300 (c)
-    assert tuned["ft"].per_job == [2 * 16, 2 * 300] and tuned["ft"].jobs == 2
-    assert tuned["ewc_fisher"].per_job == [2 * 16 + 16, 2 * 300 + 16]  # + its 16 importance images
+    # 4 epochs at batch 16 over the fine-tuning part: 40 (sketch), 300 (c)
+    assert tuned["ft"].per_job == [4 * 40, 4 * 300] and tuned["ft"].jobs == 2
+    assert tuned["ewc_fisher"].per_job == [4 * 40 + 16, 4 * 300 + 16]  # + its 16 importance images
     assert combined["wise_ft"].per_job == [3 * evaluated] * 2  # one model per alpha of [0, 0.5, 1]
     # greedy soup of 4: each ingredient alone and 3 candidate soups on held-out D_ft, then the soup
-    assert combined["greedy_soup"].per_job == [evaluated + 7 * 16, evaluated + 7 * 300]
+    assert combined["greedy_soup"].per_job == [evaluated + 7 * 40, evaluated + 7 * 300]
     assert combined["uniform_soup"].per_job == [evaluated] * 2
-    # 50 samples: all 40 of source, and 16 (sketch) or 50 (c) of the fine-tuning part
-    assert rules["distance"].per_job == [40 + 16, 40 + 50]
-    assert rules["pretrain"].images == 3 * 120  # 3 epochs over the narrow corpus
+    # 50 samples: 50 of source's 80, and 40 (sketch) or 50 (c) of the fine-tuning part
+    assert rules["distance"].per_job == [50 + 40, 50 + 50]
+    assert rules["pretrain"].images == 6 * 1200  # 6 epochs over the narrow corpus
     disk = {d.item.split(" (")[0]: d for d in plan.disk}
-    assert disk["image caches"].bytes == evaluated * 3 * 32 ** 2
-    assert disk["raw data"].bytes == (40 + 32 + 600 + 120) * 3 * 32 ** 2  # nothing generated yet
-    kwargs = {**MINI_ARCHS["mini_vit"].kwargs, "img_size": 32}
+    assert disk["image caches"].bytes == evaluated * 3 * 16 ** 2
+    assert disk["raw data"].bytes == (80 + 80 + 600 + 1200) * 3 * 16 ** 2  # nothing generated yet
+    kwargs = {**MINI_ARCHS["mini_vit"].kwargs, "img_size": 16}
     net = timm.create_model("vit_tiny_patch16_224", num_classes=4, device="meta", **kwargs)
     weights = 4 * sum(t.numel() for t in net.state_dict().values())
     assert disk["fine-tuned checkpoints"].bytes == 20 * weights and disk["pretrained checkpoints"].bytes == weights
@@ -95,7 +95,7 @@ def test_throughput_override_scales_hours(tiny_params, tmp_path):
             assert a.seconds == pytest.approx(2 * b.seconds), a.rule
     ft = _rows(slow, "finetune")["ft"]
     assert ft.seconds == pytest.approx(ft.images / 100)  # FT trains at the given rate
-    assert _rows(slow)["evaluate_finetuned"].seconds == pytest.approx(18 * 672 / 1000)
+    assert _rows(slow)["evaluate_finetuned"].seconds == pytest.approx(18 * 760 / 1000)
     # other methods keep their measured ratio to FT (the CPU table: LwF trains 1.14 img/s where FT does 1.62)
     lwf = _rows(slow, "finetune")["lwf"]
     assert lwf.seconds / lwf.images == pytest.approx((1.62 / 1.14) / 100)

@@ -42,6 +42,10 @@ EPOCHS = {"ft": 150, "lp": 200}
 
 def slurm_params() -> dict:
     params = yaml.safe_load(TINY_PARAMS.read_text())
+    # The smaller 32-px suite its epoch counts were timed on (this test needs jobs to stop, not to learn).
+    params["synthetic"].update(image_size=32, images_per_class={"source": 10, "shift": 8, "c": 2},
+                               corpora={"narrow": 30, "diverse": 30})
+    params["pretrain"]["epochs"] = {"narrow": 3, "diverse": 1}
     params["grid"].update(methods=["ft", "lp", "wise_ft"])  # on sketch and c
     params["methods"] = {"ft": {"epochs": EPOCHS["ft"]},
                          "lp": {"method": "linear_probe", "lr": 0.05, "epochs": EPOCHS["lp"]},

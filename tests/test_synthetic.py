@@ -16,6 +16,7 @@ from rib.data.synthetic.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from rib.data.synthetic.generate import generate
 from rib.data.synthetic.render import STYLES, Placement, coverage
 from rib.data.synthetic.shapes import SHAPES, shape_classes
+from rib.data.synthetic.suite import C_POOL_FACTOR
 
 
 def tree_digest(root: Path) -> dict[str, str]:
@@ -51,7 +52,7 @@ def test_datasets_use_the_real_layouts(tiny_suite):
             assert set(counts.values()) == {per_leaf} and len(counts) == n_classes
     uses = Counter(p.relative_to(c).parts[2:] for p in c.rglob("*.png"))
     assert max(uses.values()) > 1  # a base image appears in several leaves
-    assert len(uses) <= n_classes * per_leaf * 10
+    assert len(uses) <= n_classes * per_leaf * C_POOL_FACTOR  # drawn from a pool per class
 
 
 def test_v2_and_objectnet_layouts(tmp_path, tiny_params):
@@ -123,4 +124,5 @@ def test_images_are_readable_pngs_of_the_configured_size(tiny_suite):
     root, params = tiny_suite
     some = next((root / "data" / "rib-mini" / "raw" / "sketch").rglob("*.png"))
     with Image.open(some) as im:
-        assert im.format == "PNG" and im.size == (32, 32) and im.mode == "RGB"
+        size = params["synthetic"]["image_size"]
+        assert im.format == "PNG" and im.size == (size, size) and im.mode == "RGB"

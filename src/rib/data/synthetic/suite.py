@@ -34,8 +34,11 @@ SUITE = "rib-mini"
 CORRUPTIONS = IMAGENET_C_CORRUPTIONS
 SEVERITIES = IMAGENET_C_SEVERITIES
 # Each ImageNet-C leaf draws its images from a pool of this many times more base images per class,
-# so a base image appears in several leaves (as in ImageNet-C) without all leaves sharing one set.
-C_POOL_FACTOR = 10
+# so a base image appears in a few leaves (in ImageNet-C each of the 50,000 photos is in all 75)
+# without all leaves sharing one set. With 75 leaves a photo is in about 75 / 40 ~ 2 of them: a
+# fine-tuning split of C holds many distinct photos, not a few photos memorised under every
+# corruption (with a pool of 10, FT on C lowered C's held-out accuracy: it learnt the photos).
+C_POOL_FACTOR = 40
 SHIFTS = ("v2", "a", "r", "sketch", "objectnet", "cartoon", "drawing", "c")
 CORPORA = ("narrow", "diverse")
 
