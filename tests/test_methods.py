@@ -29,11 +29,10 @@ TRAIN_METHODS = ["ft", "lp", "linear_probe", "lora", "visual_prompt", "ewc", "ew
 
 
 def _reference(prep):
-    prepared = load_prepared("data/rib-mini/corpora/prepared/narrow")
+    """The pipeline's own loader of pretraining-domain images: ``samples`` of the narrow corpus."""
+    from rib.cli import _reference_loader
 
-    def load(samples, seed):
-        return open_dataset(prepared, None, prep, preload_images=True, show_progress=False)
-    return load
+    return _reference_loader("data/rib-mini/corpora/prepared/narrow", prep, False)
 
 
 def _config(params, entry, epochs=3):

@@ -246,10 +246,10 @@ def test_configfile_selects_another_params_file(tmp_path):
     assert job_counts(default.stdout)["finetune"] == 192  # 2 models x 8 datasets x 12 trained entries
     tiny = snakemake(ws, "-n", "--configfile", "tiny.yaml")
     assert job_counts(tiny.stdout)["finetune"] == 20
-    # the rib commands of the jobs read the same file: 4 classes x 8 images, not 10 x 40
+    # the rib commands of the jobs read the same file: 4 classes x 20 images, not 10 x 40
     snakemake(ws, "data/rib-mini/prepared/sketch", "--configfile", "tiny.yaml")  # (--configfile takes several)
     info = json.loads((ws / "data/rib-mini/prepared/sketch/info.json").read_text())
-    assert (info["num_classes"], info["num_images"]) == (4, 32)
+    assert (info["num_classes"], info["num_images"]) == (4, 80)
 
 
 def test_snakemake_lint_is_clean(tmp_path):
