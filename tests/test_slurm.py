@@ -46,7 +46,8 @@ def slurm_params() -> dict:
     params["synthetic"].update(image_size=32, images_per_class={"source": 10, "shift": 8, "c": 2},
                                corpora={"narrow": 30, "diverse": 30})
     params["pretrain"]["epochs"] = {"narrow": 3, "diverse": 1}
-    params["grid"].update(methods=["ft", "lp", "wise_ft"])  # on sketch and c
+    # On sketch and r (40 fine-tuning images each): ImageNet-C's 750 would make FT on it the longest job.
+    params["grid"].update(methods=["ft", "lp", "wise_ft"], datasets=["sketch", "r"])
     params["methods"] = {"ft": {"epochs": EPOCHS["ft"]},
                          "lp": {"method": "linear_probe", "lr": 0.05, "epochs": EPOCHS["lp"]},
                          "wise_ft": {"of": "ft", "alphas": [0.0, 0.5, 1.0], "alpha": 0.5}}

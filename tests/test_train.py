@@ -17,7 +17,7 @@ import yaml
 
 from rib.cli import main
 from rib.data.labels import LabelProjection
-from rib.data.loading import open_dataset
+from rib.data.loading import EpochBatches, ImageDataset, open_dataset
 from rib.data.manifest import load_prepared
 from rib.errors import TrainingInterrupted, TrainingStopped
 from rib.methods import get_method
@@ -281,3 +281,34 @@ def test_checkpoint_round_trip_gives_the_same_logits(in_tiny_suite, tiny_pretrai
     (tmp_path / "broken.pt").write_bytes(Path(tiny_pretrained).read_bytes()[:1000])
     with pytest.raises(Exception, match="broken.pt: not a readable rib checkpoint"):
         network.load(tmp_path / "broken.pt")
+
+
+class _WhoLoads(ImageDataset):
+    """Each item is (the loading process's pid, the index): shows which process served it."""
+
+    def __getitem__(self, i: int):
+        return torch.tensor([os.getpid(), i]), self.labels[i]
+
+
+def test_dataloader_workers_serve_every_epoch_and_give_the_same_weights(in_tiny_suite, tiny_pretrained, tmp_path):
+    """runtime.loader_workers > 0: images streamed from disk through 2 workers started once for the
+    run train to the same weights as images decoded into memory first."""
+    ckpt, preloaded, proj, sched, method = _setup(tiny_pretrained, "ft")
+    streamed = open_dataset(load_prepared("data/rib-mini/prepared/sketch"), "finetune", ckpt.preprocessing,
+                            preload_images=False, show_progress=False)
+    assert isinstance(streamed, ImageDataset)
+    weights = []
+    for data, workers in ((preloaded, 0), (streamed, 2)):
+        ckpt, *_ = _setup(tiny_pretrained, "ft")
+        fit(ckpt.model, get_method("ft", {}), data, proj, ckpt.preprocessing, sched, seed=0,
+            device=torch.device("cpu"), state_path=tmp_path / f"{workers}.state", run_fingerprint="test",
+            show_progress=False, workers=workers)
+        weights.append(ckpt.model.state_dict())
+    assert _same(*weights)
+
+    epochs = EpochBatches(_WhoLoads(streamed.root, streamed.rows, streamed.prep), batch_size=3, workers=2)
+    orders = [[4, 1, 3, 0, 2], [0, 1, 2, 3, 4], [2, 4]]
+    served = [torch.cat([items for items, _ in epochs(order)]) for order in orders]
+    assert [s[:, 1].tolist() for s in served] == orders  # each epoch in its own order
+    pids = {int(p) for s in served for p in s[:, 0]}
+    assert len(pids) == 2 and os.getpid() not in pids  # the same two workers for every epoch

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from .data.labels import LabelProjection
-from .data.loading import ImageDataset, InMemoryDataset, batches, normalize
+from .data.loading import EpochBatches, ImageDataset, InMemoryDataset, batches, normalize
 from .errors import TrainingInterrupted, TrainingStopped
 from .methods.base import Method, TrainContext
 from .models import network
@@ -270,9 +270,12 @@ def fit(model: nn.Module, method: Method, data: ImageDataset | InMemoryDataset, 
         classifier = network.head(module)
         labels_all = data.labels
 
+    images_in = None if on_features else EpochBatches(data, schedule.batch_size, workers,
+                                                      pin_memory=device.type == "cuda")
+
     def epoch_batches(order):
         if not on_features:
-            yield from batches(data, order, schedule.batch_size, workers, pin_memory=device.type == "cuda")
+            yield from images_in(order)
             return
         for start in range(0, len(order), schedule.batch_size):
             idx = order[start:start + schedule.batch_size]
