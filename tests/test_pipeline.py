@@ -249,7 +249,9 @@ def test_a_typo_in_params_stops_snakemake_with_one_clear_line(tmp_path):
 def test_configfile_selects_another_params_file(tmp_path):
     ws = make_workspace(tmp_path / "other")
     shutil.copy2(REPO / "params.yaml", ws / "params.yaml")
-    shutil.copy2(TINY_PARAMS, ws / "tiny.yaml")
+    tiny = yaml.safe_load(TINY_PARAMS.read_text())
+    tiny["runtime"]["fork_server"] = False  # each job a fresh process: no rib server
+    (ws / "tiny.yaml").write_text(yaml.safe_dump(tiny, sort_keys=False))
     default = snakemake(ws, "-n")
     assert job_counts(default.stdout)["finetune"] == 192  # 2 models x 8 datasets x 12 trained entries
     tiny = snakemake(ws, "-n", "--configfile", "tiny.yaml")
@@ -258,6 +260,7 @@ def test_configfile_selects_another_params_file(tmp_path):
     snakemake(ws, "data/rib-mini/prepared/sketch", "--configfile", "tiny.yaml")  # (--configfile takes several)
     info = json.loads((ws / "data/rib-mini/prepared/sketch/info.json").read_text())
     assert (info["num_classes"], info["num_images"]) == (4, 80)
+    assert not (ws / "logs/rib-mini/server.log").exists()
 
 
 def test_snakemake_lint_is_clean(tmp_path):

@@ -132,9 +132,10 @@ def runs(slurm_cluster, tmp_path_factory):
     """The same configuration through the SLURM profile and locally, side by side (the local run
     uses the CPUs while the cluster run waits for its status checks)."""
     # The local run also takes every other road to the same numbers: no image cache, images streamed
-    # from disk through 2 DataLoader workers, no fork server (every job a fresh process)
+    # from disk through 2 DataLoader workers, jobs in forks of the rib server (every SLURM job is a
+    # fresh process)
     cluster = _workspace(tmp_path_factory, "cluster")
-    local = _workspace(tmp_path_factory, "local", cache=False, loader_workers=2, preload=False, fork_server=False)
+    local = _workspace(tmp_path_factory, "local", cache=False, loader_workers=2, preload=False)
     local_proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "1"], cwd=local, env=rib_env(),
                                   text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     preempter = Preempter(cluster)
@@ -190,11 +191,12 @@ def test_every_job_runs_as_a_slurm_job(slurm_run):
 
 
 def test_results_equal_the_local_run(slurm_run, local_run):
-    """The same numbers on SLURM (image cache, rib processes in jobs) and locally without the cache,
-    with DataLoader workers and without the fork server."""
+    """The same numbers on SLURM (image cache, a fresh rib process in each job) and locally without the
+    cache, with DataLoader workers and in forks of the rib server."""
     ws, _, _ = slurm_run
-    assert not (local_run / "cache").exists() and "rib server on" not in "".join(
-        p.read_text() for p in (local_run / "logs").rglob("server.log"))
+    assert not (local_run / "cache").exists() and (ws / "cache").exists()
+    assert "rib server on" in (local_run / "logs" / "rib-mini" / "server.log").read_text()
+    assert not (ws / "logs" / "rib-mini" / "server.log").exists()  # SLURM jobs start rib afresh
     cluster, local = cell_numbers(ws), cell_numbers(local_run)
     assert len(cluster) == 3 + 3 * 2 * 3 and cluster == local  # pretrained + (ft, lp, wise_ft) x 2 D_ft, x 3
     for name in ("metrics.csv", "summary.csv", "sweeps.csv"):

@@ -108,13 +108,18 @@ def ground_cost(x1, y1, g1: ClassGaussians, x2, y2, g2: ClassGaussians) -> np.nd
     return feature + labels[np.ix_(i1, i2)]
 
 
-def _ot_cost(cost: np.ndarray, reg: float, scale: float) -> float:
+def _ot_cost(cost: np.ndarray, reg: float, scale: float, device: str | None = None) -> float:
     """Entropic OT cost with uniform weights; ``reg`` is relative to ``scale`` (the same for every
-    term of a debiased divergence, so that the entropic biases cancel)."""
-    a = np.full(cost.shape[0], 1.0 / cost.shape[0])
-    b = np.full(cost.shape[1], 1.0 / cost.shape[1])
-    return scale * float(ot.sinkhorn2(a, b, cost / scale, reg, method="sinkhorn_log", numItermax=10000,
-                                      stopThr=1e-9))
+    term of a debiased divergence, so that the entropic biases cancel). POT runs on torch tensors
+    (float64; CUDA when present): the same iterations as on NumPy arrays, with torch's logsumexp,
+    2-10x faster on a CPU core."""
+    import torch
+
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    m = torch.as_tensor(cost / scale, dtype=torch.float64, device=dev)
+    a = torch.full((m.shape[0],), 1.0 / m.shape[0], dtype=torch.float64, device=dev)
+    b = torch.full((m.shape[1],), 1.0 / m.shape[1], dtype=torch.float64, device=dev)
+    return scale * float(ot.sinkhorn2(a, b, m, reg, method="sinkhorn_log", numItermax=10000, stopThr=1e-9))
 
 
 def subsample(x: np.ndarray, y: np.ndarray, max_samples: int | None, seed: int):

@@ -8,6 +8,7 @@ suite is built from the ``synthetic`` section of the parameters.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -126,13 +127,25 @@ def suite_names() -> list[str]:
     return sorted(_SUITES)
 
 
+_BUILT: dict[tuple, Suite] = {}
+
+
 def get_suite(params: dict) -> Suite:
-    """Build the suite that ``params['suite']`` names, from the (validated) parameters."""
+    """Build the suite that ``params['suite']`` names, from the (validated) parameters. A suite is
+    immutable and built once per builder and parameters (Snakemake's input functions ask for it at
+    every job of a grid)."""
     _load_builtin()
     name = params["suite"]
     if name not in _SUITES:
         raise UnknownNameError(f"unknown suite {name!r}; known suites: {', '.join(sorted(_SUITES))}")
-    suite = _SUITES[name](params)
+    key = (name, _SUITES[name], json.dumps(params, sort_keys=True, default=str))
+    if key not in _BUILT:
+        _BUILT[key] = _build(_SUITES[name], params)
+    return _BUILT[key]
+
+
+def _build(builder: SuiteBuilder, params: dict) -> Suite:
+    suite = builder(params)
     chosen = (params.get("data") or {}).get("classes")
     if chosen:  # a pilot run on part of the label space
         only = frozenset(chosen)
