@@ -38,40 +38,28 @@ CLASS_MAP_VERSION = "imagenet-rib/1 (ImageNet-1K, A and R lists of timm 1.0.31)"
 
 
 @lru_cache(maxsize=None)
-@lru_cache(maxsize=None)
-def _timm_info(filename: str) -> tuple[str, ...]:
-    """Lines of one of timm's packaged ImageNet info files (timm/data/_info/FILENAME), read once per
-    process (a dry run of the paper grid asks for them at every one of some 800 jobs)."""
+def timm_info(filename: str) -> list[str]:
+    """Lines of one of timm's packaged ImageNet info files (timm/data/_info/FILENAME)."""
     spec = importlib.util.find_spec("timm")
     if spec is None or spec.origin is None:
         raise MissingFileError("timm is not installed; it provides the ImageNet class lists")
     path = Path(spec.origin).parent / "data" / "_info" / filename
     if not path.exists():
         raise MissingFileError(f"{path}: timm's ImageNet class list is missing")
-    return tuple(path.read_text().splitlines())
-
-
-def timm_info(filename: str) -> list[str]:
-    """Lines of one of timm's packaged ImageNet info files (timm/data/_info/FILENAME)."""
-    return list(_timm_info(filename))
+    return path.read_text().splitlines()
 
 
 def imagenet_wnids() -> tuple[str, ...]:
-    return _timm_info("imagenet_synsets.txt")
-
-
-@lru_cache(maxsize=None)
-def _imagenet_names() -> tuple[tuple[str, str], ...]:
-    pairs = []
-    for line in _timm_info("imagenet_synset_to_lemma.txt"):
-        wnid, _, lemmas = line.partition("\t")
-        pairs.append((wnid, lemmas.split(",")[0].strip()))
-    return tuple(pairs)
+    return tuple(timm_info("imagenet_synsets.txt"))
 
 
 def imagenet_names() -> dict[str, str]:
     """wnid -> the first lemma (a readable class name)."""
-    return dict(_imagenet_names())
+    names = {}
+    for line in timm_info("imagenet_synset_to_lemma.txt"):
+        wnid, _, lemmas = line.partition("\t")
+        names[wnid] = lemmas.split(",")[0].strip()
+    return names
 
 
 def _wnid_classes(wnids) -> tuple[DatasetClass, ...]:
