@@ -20,4 +20,4 @@ include: "workflow/rules/report.smk"
 rule all:
     input:
         REPORT_OUTPUTS,
-        REBUILD,  # outputs found damaged and moved aside (workflow/rules/common.smk)
+        rebuild_targets,  # outputs found damaged and moved aside (workflow/rules/common.smk)

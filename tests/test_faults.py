@@ -9,6 +9,7 @@ of outcomes.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import shutil
@@ -88,6 +89,15 @@ def test_a_run_killed_in_every_step_completes_with_the_same_numbers(reference, t
     assert not list(ws.rglob("*.partial"))  # temporary files of killed writers were cleaned up
 
 
+def _tree(root: Path) -> dict[str, tuple[int, int, str]]:
+    """Every file under root: size, mtime and content digest. Snakemake's own run log and the file
+    cache it writes after a dry run (.snakemake/log, .snakemake/iocache) are its business."""
+    own = (".snakemake/log/", ".snakemake/iocache/")
+    return {rel: (p.stat().st_size, p.stat().st_mtime_ns, hashlib.sha1(p.read_bytes()).hexdigest())
+            for p in sorted(root.rglob("*")) if p.is_file()
+            and not (rel := str(p.relative_to(root))).startswith(own)}
+
+
 def test_damaged_outputs_are_detected_moved_aside_and_rebuilt(reference, tmp_path):
     ref_ws, expected = reference
     ws = tmp_path / "damaged"
@@ -107,8 +117,20 @@ def test_damaged_outputs_are_detected_moved_aside_and_rebuilt(reference, tmp_pat
     assert check.returncode == 1
     named = [line for line in check.stdout.splitlines() if line.startswith("damaged: ")]
     assert len(named) == len(damage)
+    # A killed run's lock too. A dry run and a lint change no file (Snakemake's own logs aside): the
+    # dry run names what it finds damaged and leaves it in place, and leaves the lock.
+    locks = ws / ".snakemake" / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    (locks / "0.input.lock").write_text(f"{ws / 'params.yaml'}\n")
+    before = _tree(ws)
+    dry = faults.run([sys.executable, "-m", "snakemake", "-n"], ws)
+    assert "rib: damaged output: checkpoints/rib-mini/mini_vit.narrow/ft/sketch/model.pt" in dry.stderr
+    assert "(left in place: no job runs)" in dry.stderr and "moved aside" not in dry.stdout + dry.stderr
+    faults.run([sys.executable, "-m", "snakemake", "--lint"], ws, check=False)
+    assert _tree(ws) == before
     runs = _rerun_until_done(ws, faults.snakemake_cmd(), attempts=4)
     said = "".join(r.stdout + r.stderr for r in runs)
+    assert "removed 1 Snakemake lock file(s) left in .snakemake/locks by a run that was killed" in said
     for path in damage:
         rel = str(path.relative_to(ws)) if path.name != "shard-00000.npy" else str(path.parent.relative_to(ws))
         assert f"moved aside to {rel}.damaged" in said, rel

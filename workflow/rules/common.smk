@@ -19,13 +19,6 @@ from rib import verify as rib_verify  # noqa: E402
 from rib.runlock import claim as claim_run  # noqa: E402
 from rib.server import ENV as SERVER_ENV  # noqa: E402
 
-# A run killed with SIGKILL leaves Snakemake's lock behind; with no live run in this folder it is
-# removed here, so rerunning the same command just works (src/rib/runlock.py). Job processes
-# (SLURM job steps) read this file too but are not runs of their own.
-_RUN_CLAIM = claim_run() if workflow.is_main_process else None
-for _line in _RUN_CLAIM.messages() if _RUN_CLAIM else []:
-    print(_line, file=sys.stderr)
-
 # The params file is the single configuration: the one given with --configfile, else params.yaml.
 PARAMS_FILE = os.path.relpath(workflow.overwrite_configfiles[-1]) if workflow.overwrite_configfiles else "params.yaml"
 try:
@@ -35,23 +28,42 @@ except rib_config.ConfigError as err:
 
 SUITE = get_suite(PARAMS)
 
-# Outputs damaged since they were written (a truncated checkpoint or cache shard, a result file
-# that no longer matches its digest) are moved aside before the DAG is built, so this run rebuilds
-# them (src/rib/verify.py); a live run elsewhere in this folder may be writing, so not then.
-# Outputs moved aside (now, or by a job that met one) are targets of this run next to rule all's.
-# A command that runs no job (a dry run, --summary, --lint, --unlock, ...) only reports them.
-_NO_JOBS = {"--dry-run", "--dryrun", "--summary", "-S", "--detailed-summary", "-D", "--lint", "--dag", "--d3dag",
-            "--rulegraph", "--filegraph", "--report", "--unlock", "--containerize", "--cleanup-metadata",
-            "--delete-all-output", "--delete-temp-output", "--archive", "--generate-unit-tests", "-l", "--lt",
-            "--lc", "--li", "--lp", "--lu", "--cm"}
-_RUNS_JOBS = not any(a in _NO_JOBS or a.startswith("--list") or re.fullmatch(r"-[A-Za-z]*n[A-Za-z]*", a)
-                     for a in sys.argv[1:])
-REBUILD = []
-if workflow.is_main_process and not _RUN_CLAIM.live and not _RUN_CLAIM.problem:
-    for _finding in rib_verify.sweep(".", SUITE.name, repair=_RUNS_JOBS):
-        print(f"rib: damaged output: {_finding.line()}" + ("" if _RUNS_JOBS else " (left in place: no job runs)"),
-              file=sys.stderr)
-    REBUILD = rib_verify.to_rebuild(PARAMS)
+# Before a run builds its job graph, two repairs (only then: a dry run, --lint, --summary, --dag,
+# --unlock ... change no file):
+# * a run killed with SIGKILL leaves Snakemake's lock behind; with no live run in this folder it is
+#   removed, so rerunning the same command just works (src/rib/runlock.py);
+# * outputs damaged since they were written (a truncated checkpoint or cache shard, a result file
+#   that no longer matches its digest) are moved aside, so this run rebuilds them (src/rib/verify.py);
+#   a live run elsewhere in this folder may be writing, so not then.
+# Whether jobs will run is Snakemake's own decision: it is the executor Snakemake hands to
+# Workflow.execute (the dryrun and touch executors run none; --lint and the other commands never
+# call it), so the repairs hook in there, before the lock is taken and the DAG built. A dry run
+# names damaged outputs and leaves them in place. Job processes (SLURM job steps) are not runs.
+def _before_execute(execute):
+    def run(*args, executor_plugin, **kwargs):
+        common = executor_plugin.common_settings
+        runs_jobs = not (common.dryrun_exec or common.touch_exec)
+        claim = claim_run() if runs_jobs else None
+        for line in claim.messages() if claim else []:
+            print(line, file=sys.stderr)
+        if not (claim and (claim.live or claim.problem)):
+            for finding in rib_verify.sweep(".", SUITE.name, repair=runs_jobs):
+                print(f"rib: damaged output: {finding.line()}" + ("" if runs_jobs else " (left in place: no job runs)"),
+                      file=sys.stderr)
+        return execute(*args, executor_plugin=executor_plugin, **kwargs)
+
+    return run
+
+
+if workflow.is_main_process:
+    workflow.execute = _before_execute(workflow.execute)
+
+
+def rebuild_targets(wildcards):
+    """Outputs moved aside as damaged (by the repair above, or by a job that met one): targets of
+    this run next to rule all's."""
+    return rib_verify.to_rebuild(PARAMS)
+
 
 TRAIN_ENTRIES = rib_grid.train_entries(PARAMS)  # methods entries that train a checkpoint
 WEIGHT_ENTRIES = rib_grid.weight_entries(PARAMS)  # weight-space entries of the grid (no training)
