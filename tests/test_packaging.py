@@ -55,3 +55,18 @@ def test_plain_pytest_from_another_folder_finds_the_tests_package(tmp_path):
                            str(REPO / "tests" / "test_leak_free.py")], cwd=tmp_path, text=True, capture_output=True)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "3 tests collected" in proc.stdout
+
+
+def test_every_rule_runs_one_rib_command():
+    """Rules name files and call `rib` (workflow/README.md says why there is no workflow/scripts/):
+    no script:, run:, notebook: or wrapper: block, and each shell: command is `python -m rib`."""
+    rules = sorted((REPO / "workflow" / "rules").glob("*.smk")) + [REPO / "Snakefile"]
+    shells = 0
+    for path in rules:
+        text = path.read_text()
+        for bad in ("script:", "run:", "notebook:", "wrapper:"):
+            assert not re.search(rf"^\s+{bad}", text, re.MULTILINE), f"{path.name} has a {bad} block"
+        for cmd in re.findall(r"^\s+shell:\s*\n\s+\"([^\"]*)\"", text, re.MULTILINE):
+            shells += 1
+            assert re.match(r"(exec )?python -m rib \w", cmd), f"{path.name}: {cmd!r} is not a rib command"
+    assert shells >= 10
