@@ -20,4 +20,5 @@ include: "workflow/rules/report.smk"
 rule all:
     input:
         REPORT_OUTPUTS,
+        USAGE_OUTPUTS,  # time and memory of every job, per rule
         rebuild_targets,  # outputs found damaged and moved aside (workflow/rules/common.smk)

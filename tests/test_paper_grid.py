@@ -213,7 +213,7 @@ def test_the_paper_grid_runs_through_snakemake(paper_run):
     # 2 models x D_ft r x 8 trained entries (the paper's 7 + Model Stock's second FT), 7 evaluated as rows;
     # 4 weight-space methods; 9 datasets prepared and cached in each model's own pixels
     assert counts == {"prepare": 9, "cache": 18, "fetch_weights": 2, "finetune": 16, "evaluate_pretrained": 2,
-                      "evaluate_finetuned": 14, "combine": 8, "distance": 2, "aggregate": 1, "figures": 1, "all": 1}
+                      "evaluate_finetuned": 14, "combine": 8, "distance": 2, "aggregate": 1, "figures": 1, "usage": 1, "all": 1}
     # every dataset holds the two classes, each image under its own label
     for name in ("imagenet", "v2", "a", "r", "sketch", "objectnet", "cartoon", "drawing", "c"):
         classes = json.loads((ws / f"data/imagenet-rib/prepared/{name}/classes.json").read_text())

@@ -42,6 +42,10 @@ def dvc(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     return run([sys.executable, "-m", "dvc", *args], cwd)
 
 
+def git(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return run(["git", "-c", "user.name=rib tests", "-c", "user.email=tests@rib.invalid", *args], cwd)
+
+
 def cell_numbers(ws: Path) -> dict[str, dict]:
     return {str(p.relative_to(ws)): json.loads(p.read_text())["subsets"] for p in sorted((ws / "results").rglob("*.json"))}
 
@@ -60,7 +64,7 @@ def test_snakemake_runs_the_whole_tiny_grid(snakemake_run):
     # 9 of them evaluated as table rows, 4 weight-space methods; 3 evaluation datasets and 1 corpus
     assert counts == {"generate": 3, "generate_corpus": 1, "prepare": 3, "prepare_corpus": 1, "cache": 3, "pretrain": 1,
                       "finetune": 20, "evaluate_pretrained": 1, "evaluate_finetuned": 18, "combine": 8,
-                      "distance": 2, "aggregate": 1, "figures": 1, "all": 1}
+                      "distance": 2, "aggregate": 1, "figures": 1, "usage": 1, "all": 1}
     reports = ws / "reports" / "rib-mini"
     for name in ("cells.csv", "metrics.csv", "summary.csv", "summary.md", "summary.tex", "summary_by_method.csv",
                  "sweeps.csv", "ri_matrix.csv", "imagenet_c.csv", "distances.csv", "metrics.json"):
@@ -68,6 +72,14 @@ def test_snakemake_runs_the_whole_tiny_grid(snakemake_run):
     for figure in ("radar", "bar", "ri_heatmap", "ood_scatter", "wise_curve", "otdd_scatter"):
         assert (reports / "figures" / f"{figure}.png").read_bytes()[:4] == b"\x89PNG", figure
         assert (reports / "figures" / f"{figure}.pdf").read_bytes()[:4] == b"%PDF", figure
+    # Snakemake's benchmark of every compute job, per rule; the jobs ran in forks of the rib server,
+    # whose usage replaces the client's (about 15 MiB, against some 500 with torch)
+    usage = pd.read_csv(reports / "usage_by_rule.csv").set_index("rule")
+    for rule in ("pretrain", "finetune", "evaluate_pretrained", "evaluate_finetuned", "combine", "distance"):
+        assert usage.loc[rule, "jobs"] == counts[rule], rule
+        assert usage.loc[rule, "measured_in"] == "fork" and usage.loc[rule, "peak_rss_mib"] > 200, rule
+        assert 0 < usage.loc[rule, "wall_max_s"] < 300 and usage.loc[rule, "cpu_total_s"] > 0, rule
+    assert "| finetune | 20 |" in (reports / "usage_by_rule.md").read_text()
     cells = pd.read_csv(reports / "cells.csv")
     assert len(cells) == 3 + 13 * 2 * 3  # (pretrained + 13 methods x 2 D_ft) x 3 evaluation datasets
     by_method = pd.read_csv(reports / "summary_by_method.csv")
@@ -210,7 +222,11 @@ def test_dvc_repro_killed_and_rerun_gives_the_same_numbers_and_then_reruns_nothi
     stale = run_rib("dvc", "--check", cwd=dws, check=False)
     assert stale.returncode == 2 and "dvc.yaml: out of date with params.yaml" in stale.stderr
     run_rib("dvc", cwd=dws)
-    dvc(dws, "init", "--no-scm", "-q")
+    # a git repository, as a user's clone is, with the project's DVC settings (cache.type: links)
+    shutil.copy2(REPO / ".gitignore", dws / ".gitignore")
+    git(dws, "init", "-q")
+    dvc(dws, "init", "-q")
+    shutil.copy2(REPO / ".dvc" / "config", dws / ".dvc" / "config")
     # the first `dvc repro` is killed (SIGKILL, the whole run) while a model trains; the same
     # command then completes, and the numbers are those of the unbroken Snakemake run
     # (as `make dvc` runs it: `rib serve -- dvc repro`, the stages' rib commands in forks of one warm server)
@@ -234,6 +250,26 @@ def test_dvc_repro_killed_and_rerun_gives_the_same_numbers_and_then_reruns_nothi
     assert (tmp_path / "plots" / "index.html").exists()
     status = dvc(dws, "status")
     assert "up to date" in status.stdout
+    # Versioning: dvc.lock committed with the code, the outputs pushed to a folder remote; a clone
+    # elsewhere pulls them, DVC finds everything up to date there, and rib cell reads a cell.
+    assert dvc(dws, "config", "cache.type").stdout.strip() == "['hardlink', 'symlink', 'copy']"
+    linked = dws / "checkpoints/rib-mini/mini_vit.narrow/ft/c/model.pt"  # the workspace's file is DVC's
+    assert linked.stat().st_nlink == 2  # one file: the workspace's is a hard link to DVC's cache
+    dvc(dws, "remote", "add", "-d", "store", str(tmp_path / "remote"))
+    git(dws, "add", "-A")
+    git(dws, "commit", "-q", "-m", "tiny grid, ft lp wise_ft")
+    assert "dvc.lock" in git(dws, "ls-files").stdout.split()
+    dvc(dws, "push", "-q")
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(dws), str(clone)], tmp_path)
+    assert not (clone / "results").exists()
+    dvc(clone, "pull", "-q")
+    assert "up to date" in dvc(clone, "status").stdout
+    assert cell_numbers(clone) == cells
+    cell = json.loads((clone / "results/rib-mini/mini_vit.narrow/ft/c/sketch.json").read_text())
+    read = run_rib("cell", "mini_vit.narrow", "ft", "c", "sketch", cwd=clone).stdout
+    assert f"top-1 {100 * cell['top1']:.2f}%" in read
+    assert "Running stage" not in dvc(clone, "repro").stdout  # nothing to recompute
 
 
 def test_a_typo_in_params_stops_snakemake_with_one_clear_line(tmp_path):
@@ -321,6 +357,19 @@ def test_the_inspection_commands_on_a_finished_workspace(snakemake_run, tmp_path
     missing = run_rib("cell", "mini_vit.narrow", "ft", "c", "source", cwd=copy, check=False)
     assert "not computed yet" in missing.stdout + missing.stderr
     assert "snakemake --cores all results/rib-mini/mini_vit.narrow/ft/c/source.json" in missing.stdout + missing.stderr
+    # status at a glance: datasets (prepared, counted from their manifests, or missing) and models
+    data = {d["name"]: d for d in json.loads(run_rib("data", "list", "--json", cwd=copy).stdout)}
+    assert (data["sketch"]["state"], data["sketch"]["images"], data["sketch"]["in_grid"]) == ("prepared", 80, True)
+    assert data["sketch"]["disk_bytes"] > 80 * 100 and data["c"]["images"] == 600
+    assert (data["v2"]["state"], data["v2"]["in_grid"], data["v2"]["disk_bytes"]) == ("missing", False, 0)
+    assert data["narrow"]["role"] == "corpus" and "snakemake --cores all data/rib-mini/raw/v2" in data["v2"]["how"]
+    assert "| sketch | shift | yes | prepared | 80 |" in run_rib("data", "list", cwd=copy).stdout
+    models = {m["name"]: m for m in json.loads(run_rib("models", "list", "--json", cwd=copy).stdout)}
+    narrow = models["mini_vit.narrow"]
+    assert narrow["in_grid"] and narrow["fetched"] and narrow["disk_bytes"] > 0
+    assert narrow["weights"] == "trained by the pipeline on the narrow corpus"
+    assert narrow["preprocessing"].startswith("16px bilinear crop 1 center")
+    assert not models["mini_vit.diverse"]["fetched"] and not models["mini_vit.diverse"]["in_grid"]
     # the committed DVC pipelines are those their params files generate
     assert run_rib("dvc", "--check", cwd=REPO).returncode == 0
     assert run_rib("--params", "configs/imagenet-rib.yaml", "dvc", "--check", "--out", "pipelines/imagenet-rib/dvc.yaml",

@@ -15,7 +15,7 @@ from rib.plan import PlanError, dataset_sizes, job_counts, load_throughputs, mak
 from tests.conftest import REPO, run_rib
 
 IMAGENET = load(REPO / "configs" / "imagenet-rib.yaml")
-AFTER = {"aggregate": 1, "figures": 1}
+AFTER = {"aggregate": 1, "figures": 1, "usage": 1}
 
 
 def test_job_counts_are_those_of_snakemake_dry_runs(default_params, tiny_params):

@@ -16,6 +16,7 @@ The results must equal those of a local run of the same configuration, bit for b
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import shutil
@@ -35,7 +36,7 @@ from tests.test_pipeline import cell_numbers, make_workspace
 pytestmark = [pytest.mark.e2e, pytest.mark.slurm]
 
 SCRIPTS = REPO / "tests" / "slurm"
-LOCAL_RULES = {"generate", "generate_corpus", "aggregate", "figures"}
+LOCAL_RULES = {"generate", "generate_corpus", "aggregate", "figures", "usage"}
 # Long enough (epochs of some 30 ms) to be caught while training.
 EPOCHS = {"ft": 150, "lp": 200}
 
@@ -186,6 +187,11 @@ def test_every_job_runs_as_a_slurm_job(slurm_run):
             job = re.search(r"SLURM job (\d+) on ", text)
             assert job, f"{log} names no SLURM job"
             assert job.group(1) in {j for j, _ in submitted}
+    # Snakemake measured each SLURM job's own process (no fork server there): its CPU time and memory
+    usage = {row["rule"]: row for row in csv.DictReader(open(ws / "reports" / "rib-mini" / "usage_by_rule.csv"))}
+    for rule in ("finetune", "combine", "evaluate_finetuned"):
+        assert int(usage[rule]["jobs"]) == counts[rule] and usage[rule]["measured_in"] == "process", usage[rule]
+        assert float(usage[rule]["peak_rss_mib"]) > 200 and float(usage[rule]["cpu_total_s"]) > 1, usage[rule]
     for cell in (ws / "results").rglob("*.json"):  # provenance: the job that computed the cell
         assert json.loads(cell.read_text())["slurm_job_id"] in {j for j, _ in submitted}, cell
 

@@ -544,6 +544,38 @@ def cmd_figures(args, params) -> int:
     return 0
 
 
+def cmd_data_list(args, params) -> int:
+    from . import status
+
+    rows = status.datasets(params, sizes=not args.no_size)
+    print(status.as_json(rows) if args.json else status.render_datasets(rows), end="" if not args.json else "\n")
+    return 0
+
+
+def cmd_models_list(args, params) -> int:
+    from . import status
+
+    rows = status.models(params)
+    print(status.as_json(rows) if args.json else status.render_models(rows), end="" if not args.json else "\n")
+    return 0
+
+
+def cmd_compare(args, params) -> int:
+    from . import published
+
+    print(published.render(published.compare(params)), end="")
+    return 0
+
+
+def cmd_usage(args, params) -> int:
+    from . import usage
+
+    suite = params["suite"]
+    summary = usage.write(f"logs/{suite}", f"reports/{suite}")
+    print(usage.markdown(summary), end="")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------
 # Argument parsing
 # ----------------------------------------------------------------------------------------------
@@ -593,6 +625,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("path", help="the dataset's folder, or a .tar/.tar.gz/.zip of it")
     s.add_argument("--out", default=None, help="raw dataset folder (default: data/<suite>/raw/<dataset>)")
     s.set_defaults(func=cmd_add)
+    s = data.add_parser("list", parents=[common],
+                        help="each dataset of the suite: missing / present / prepared, images, size on disk, how to get it")
+    s.add_argument("--json", action="store_true", help="JSON instead of a table")
+    s.add_argument("--no-size", action="store_true", help="skip measuring disk use (walks every file)")
+    s.set_defaults(func=cmd_data_list)
     s = data.add_parser("prepare", parents=[common], help="index, verify and split a dataset folder")
     s.add_argument("dataset")
     s.add_argument("--raw", required=True, help="the dataset folder")
@@ -600,6 +637,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_prepare)
 
     models = sub.add_parser("models", help="model steps").add_subparsers(dest="models_command", required=True)
+    s = models.add_parser("list", parents=[common],
+                          help="each model: where its weights come from, fetched or not, its preprocessing")
+    s.add_argument("--json", action="store_true", help="JSON instead of a table")
+    s.set_defaults(func=cmd_models_list)
     s = models.add_parser("fetch", parents=[common], help="save a timm model's pretrained weights as a checkpoint")
     s.add_argument("model")
     s.add_argument("--out", default=None, help="checkpoint (default: models/<suite>/<model>/pretrained.pt)")
@@ -669,6 +710,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("figures", parents=[common], help="the radar and bar charts from the tables")
     s.set_defaults(func=cmd_figures)
+    s = sub.add_parser("compare", parents=[common],
+                       help="the paper's published numbers beside this run's (imagenet-rib: FT on ImageNet-R)")
+    s.set_defaults(func=cmd_compare)
+    s = sub.add_parser("usage", parents=[common],
+                       help="time and memory of each job (Snakemake's benchmark files), per rule, into reports/")
+    s.set_defaults(func=cmd_usage)
     s = sub.add_parser("cell", parents=[common], help="where one table cell lives, what it depends on, how to remake it")
     s.add_argument("model")
     s.add_argument("method", help="a method of the grid, or 'pretrained'")

@@ -130,8 +130,9 @@ def render(params: dict, params_file: str, out: str | os.PathLike) -> str:
             {"cmd": cmd(rib, "cache build ${item.dataset} --data ${item.data} --prep ${item.prep}",
                         f"--out {cache_dir(P, '${item.dataset}')}"),
              "deps": ["src/rib/data/cache.py", "src/rib/data/loading.py", "${item.data}"],
-             # regenerable from the prepared data, and large: not copied into DVC's cache
-             "outs": [{cache_dir(P, "${item.dataset}"): {"cache": False}}]})
+             # large, but regenerable, and linked (not copied) into DVC's cache (.dvc/config cache.type):
+             # cached like every output, so a clone's `dvc pull` leaves nothing to recompute
+             "outs": [cache_dir(P, "${item.dataset}")]})
 
     def caches(*datasets: str) -> list[str]:
         """Cache folders of an item's model (its ${item.prep}) for these datasets."""
@@ -239,17 +240,17 @@ def render(params: dict, params_file: str, out: str | os.PathLike) -> str:
         cmd=cmd(rib, "aggregate"),
         deps=["src/rib/aggregate.py", "src/rib/metrics.py", f"results/{suite}", f"distances/{suite}"],
         params=keys("grid"), outs=plain,
-        metrics=[{reports["metrics_json"]: {"cache": False}}],
-        plots=[{reports["sweeps"]: {"cache": False, "x": "finetune", "y": "ood",
+        metrics=[reports["metrics_json"]],
+        plots=[{reports["sweeps"]: {"x": "finetune", "y": "ood",
                                     "title": "WiSE-FT: OOD vs fine-tuning-dataset accuracy (%)"}},
-               {reports["distances"]: {"cache": False, "x": "otdd", "y": f"source_drop_{params['report']['focus_method']}",
+               {reports["distances"]: {"x": "otdd", "y": f"source_drop_{params['report']['focus_method']}",
                                        "title": "OTDD vs pretraining-domain accuracy lost (points)"}}])
     figures = grid.figure_paths(suite)
     stages["figures"] = stage(
         cmd=cmd(rib, "figures"),
         deps=["src/rib/figures.py", *(reports[k] for k in ("metrics", "summary", "sweeps", "distances", "ri_matrix"))],
         params=keys("report"), outs=[f for f in figures if f.endswith(".pdf")],
-        plots=[{f: {"cache": False}} for f in figures if f.endswith(".png")])
+        plots=[f for f in figures if f.endswith(".png")])
 
     args = "dvc" if default_params else f"--params {params_file} dvc --out {os.path.relpath(out)}"
     body = yaml.dump({"stages": stages}, Dumper=_Dumper, sort_keys=False, width=110, default_flow_style=False)

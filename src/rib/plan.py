@@ -42,7 +42,7 @@ MANIFEST_ROW_BYTES = 120  # a line of manifest.csv, about (an ImageNet-C path is
 FAMILIES = (("vit_b16", r"vit_base_patch16|vit_b_16"), ("vit_b32", r"vit_base_patch32|vit_b_32"),
             ("resnet50", r"resnet50$|rn50$"))
 RULES_WITHOUT_HOURS = ("generate", "generate_corpus", "fetch", "prepare", "prepare_corpus", "cache",
-                       "fetch_weights", "aggregate", "figures")
+                       "fetch_weights", "aggregate", "figures", "usage")
 WHAT = {"generate": "written", "generate_corpus": "written", "fetch": "unpacked", "prepare": "verified",
         "prepare_corpus": "verified", "cache": "decoded", "pretrain": "trained", "distance": "features",
         "evaluate_pretrained": "evaluated", "finetune": "trained", "combine": "evaluated",
@@ -92,7 +92,7 @@ def jobs(params: dict) -> list[Job]:
     out += [Job("combine", model=m, method=e, dataset=d) for m, e, d in tuned if e in grid.weight_entries(params)]
     out += [Job("evaluate_finetuned", model=m, method=e, dataset=d) for m, e, d in tuned
             if e not in grid.weight_entries(params)]
-    return out + [Job("aggregate"), Job("figures")]
+    return out + [Job("aggregate"), Job("figures"), Job("usage")]
 
 
 def job_counts(params: dict) -> dict[str, int]:
@@ -434,9 +434,12 @@ def _dvc_cache_type(root: Path) -> str | None:
 
 
 def _dvc_links(cache_type: str | None) -> bool:
-    """Whether DVC links its cache into the workspace instead of copying (no second copy)."""
-    return bool(cache_type) and "copy" not in cache_type and any(
-        k in cache_type for k in ("hardlink", "symlink"))
+    """Whether DVC links its cache into the workspace instead of copying (no second copy): a hard or
+    symbolic link comes before any copy among its choices (DVC takes the first the file system allows,
+    and every file system allows a symlink)."""
+    types = [t.strip() for t in (cache_type or "").split(",")]
+    before_copy = types[:types.index("copy")] if "copy" in types else types
+    return any(t in ("hardlink", "symlink") for t in before_copy)
 
 
 def _features_once(params: dict, entry: str) -> bool:
@@ -526,7 +529,7 @@ def _disk(params: dict, sizes: dict[str, DatasetSize], tuned: list[Job], root: P
                  for m in params["grid"]["models"]}
         out.append(DiskItem(f"image caches ({len(sides)} preprocessing(s) x {len(grid.eval_datasets(params))} "
                             "datasets)", sum(sizes[d].images * 3 * sides[k] ** 2 for k, d in caches),
-                            note="uint8, 3 x side^2 bytes per image; DVC does not cache them"))
+                            note="uint8, 3 x side^2 bytes per image", dvc=True))
     weights = {m: _checkpoint_bytes(params, m) for m in params["grid"]["models"]}
     unknown = [m for m, b in weights.items() if b is None]
     out.append(DiskItem(f"pretrained checkpoints ({len(weights)})", sum(b or 0 for b in weights.values()), unknown,

@@ -119,11 +119,31 @@ def run_via_server(argv: list[str]) -> int | None:
                 # The child died without reporting (killed by a forwarded signal).
                 return 128 + int(received[-1]) if received else 1
             if "exit" in message:
+                if "usage" in message and message["exit"] == 0:  # for Snakemake's benchmark of the job (rib.usage)
+                    print(usage_line(message["usage"]), file=sys.stderr, flush=True)
                 return int(message["exit"])
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
         sock.close()
+
+
+USAGE_PREFIX = "rib: ran in a fork of the rib server:"
+
+
+def usage_line(usage: dict) -> str:
+    """The line a client writes to its stderr (a job's log): the fork's CPU time and peak memory,
+    which Snakemake's benchmark of the client process cannot see (rib.usage reads it back)."""
+    return f"{USAGE_PREFIX} CPU {usage['cpu_s']:.2f} s, peak RSS {usage['max_rss_mib']:.1f} MiB"
+
+
+def _own_usage() -> dict:
+    """This process's CPU time (user + system, since the fork) and peak resident memory (which, as a
+    fresh process's would, includes the imported libraries the fork shares with the server)."""
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return {"cpu_s": ru.ru_utime + ru.ru_stime, "max_rss_mib": ru.ru_maxrss / 1024.0}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -181,7 +201,7 @@ def _child(conn: socket.socket, request: dict, fds: list[int], initial_seed: int
             except Exception:
                 pass
         try:
-            _send(conn, {"exit": int(code)})
+            _send(conn, {"exit": int(code), "usage": _own_usage()})
         except OSError:
             pass
         os._exit(int(code) & 0xFF)

@@ -15,6 +15,7 @@ from rib import grid as rib_grid  # noqa: E402
 from rib import methods as rib_methods  # noqa: E402
 from rib.data.suites import get_suite  # noqa: E402
 from rib.models.registry import get_model, model_slug  # noqa: E402
+from rib import usage as rib_usage  # noqa: E402
 from rib import verify as rib_verify  # noqa: E402
 from rib.runlock import claim as claim_run  # noqa: E402
 from rib.server import ENV as SERVER_ENV  # noqa: E402
@@ -71,6 +72,11 @@ EVALS = rib_grid.eval_datasets(PARAMS)
 THREADS = PARAMS["runtime"]["threads"]
 PAT = {kind: pattern.replace("{suite}", SUITE.name) for kind, pattern in rib_grid.PATTERNS.items()}
 LOGS = f"logs/{SUITE.name}"
+
+
+def bench(rule, rest):
+    """A compute rule's benchmark: file (Snakemake's time and memory of the job; rib.usage sums them)."""
+    return rib_usage.benchmark_file(LOGS, rule, rest)
 
 # Every rule runs `python -m rib` from this checkout's src/ (also inside --use-conda environments)
 # and reads the params file named by RIB_PARAMS. Without conda, `python` is the interpreter running
@@ -210,3 +216,4 @@ CORPUS_NAMES = "|".join(sorted(SUITE.names("corpus")))
 
 
 REPORT_OUTPUTS = [PAT[k] for k in rib_grid.TABLES] + rib_grid.figure_paths(SUITE.name)
+USAGE_OUTPUTS = [f"reports/{SUITE.name}/{name}" for name in ("usage.csv", "usage_by_rule.csv", "usage_by_rule.md")]

@@ -12,6 +12,8 @@ rule distance:
         PAT["distance"],
     log:
         f"{LOGS}/distance/{{model}}/{{dataset}}.log",
+    benchmark:
+        bench("distance", "{model}/{dataset}")
     params:
         settings=PARAMS["distance"],
     threads: THREADS

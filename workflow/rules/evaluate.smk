@@ -11,6 +11,8 @@ rule evaluate_pretrained:
         expand(PAT["pretrained_cell"], eval=EVALS, allow_missing=True),
     log:
         f"{LOGS}/evaluate/{{model}}/pretrained.log",
+    benchmark:
+        bench("evaluate_pretrained", "{model}/pretrained")
     params:
         settings=PARAMS["evaluate"],
         out_dir=lambda w, output: os.path.dirname(output[0]),
@@ -33,6 +35,8 @@ rule evaluate_finetuned:
         expand(PAT["finetuned_cell"], eval=EVALS, allow_missing=True),
     log:
         f"{LOGS}/evaluate/{{model}}/{{method}}/{{dataset}}.log",
+    benchmark:
+        bench("evaluate_finetuned", "{model}/{method}/{dataset}")
     params:
         settings=PARAMS["evaluate"],
         out_dir=lambda w, output: os.path.dirname(output[0]),
@@ -60,6 +64,8 @@ rule combine:
         expand(PAT["finetuned_cell"], eval=EVALS, allow_missing=True),
     log:
         f"{LOGS}/combine/{{model}}/{{method}}/{{dataset}}.log",
+    benchmark:
+        bench("combine", "{model}/{method}/{dataset}")
     params:
         settings=lambda w: rib_config.method_schedule(PARAMS, w.method),
         evaluate=PARAMS["evaluate"],

@@ -19,6 +19,8 @@ rule finetune:
         PAT["finetuned"],
     log:
         f"{LOGS}/finetune/{{model}}/{{method}}/{{dataset}}.log",
+    benchmark:
+        bench("finetune", "{model}/{method}/{dataset}")
     params:
         schedule=lambda w: rib_config.method_schedule(PARAMS, w.method),
         seed=PARAMS["seed"],

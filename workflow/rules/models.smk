@@ -10,6 +10,8 @@ if SUITE.synthetic:
             PAT["pretrained"],
         log:
             f"{LOGS}/pretrain/{{model}}.log",
+        benchmark:
+            bench("pretrain", "{model}")
         params:
             schedule=PARAMS.get("pretrain"),
             seed=PARAMS["seed"],

@@ -4,6 +4,7 @@
 localrules:
     aggregate,
     figures,
+    usage,
 
 
 rule aggregate:
@@ -48,3 +49,19 @@ rule figures:
         CONDA_ENV
     shell:
         "python -m rib figures > {log} 2>&1"
+
+
+# Time and memory of every compute job (the benchmark: files of pretrain, finetune, evaluate,
+# combine and distance), per rule: reports/<suite>/usage_by_rule.md. Run after the report, so
+# every job of the grid has its record.
+rule usage:
+    input:
+        REPORT_OUTPUTS,
+    output:
+        USAGE_OUTPUTS,
+    log:
+        f"{LOGS}/usage.log",
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m rib usage > {log} 2>&1"
