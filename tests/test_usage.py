@@ -43,7 +43,7 @@ def test_a_forks_usage_replaces_the_clients_and_rules_are_summed(tmp_path):
     assert f.cpu_total_s == pytest.approx(5.65) and f.peak_rss_mib == pytest.approx(600e6 / 2**20)
     assert f.measured_in == "fork+process"
     assert summary.loc["evaluate_pretrained"].jobs == 1  # NA memory stays NA, the job still counts
-    written = usage.write(logs, tmp_path / "reports")
-    assert len(written) == 3
+    written, rates = usage.write(logs, tmp_path / "reports")  # without params: no throughputs
+    assert len(written) == 3 and rates == {}
     md = (tmp_path / "reports" / "usage_by_rule.md").read_text()
     assert "| finetune | 2 | 6.0 | 3.00 | 4.00 | 5.7 | 572 | fork+process |" in md

@@ -571,8 +571,8 @@ def cmd_usage(args, params) -> int:
     from . import usage
 
     suite = params["suite"]
-    summary = usage.write(f"logs/{suite}", f"reports/{suite}")
-    print(usage.markdown(summary), end="")
+    summary, rates = usage.write(f"logs/{suite}", f"reports/{suite}", params)
+    print(usage.markdown(summary, rates), end="")
     return 0
 
 

@@ -10,7 +10,9 @@ instead. On a cluster (or with ``fork_server: false``) jobs are ordinary process
 numbers stand.
 
 ``rib usage`` writes ``reports/<suite>/usage.csv`` (one row per job) and ``usage_by_rule.csv`` /
-``.md`` (per rule: jobs, wall time total / mean / max, CPU time, peak memory).
+``.md`` (per rule: jobs, wall time total / mean / max, CPU time, peak memory), with the measured
+images/s of full fine-tuning and evaluation per model family in the form ``rib plan --throughput``
+takes: a pilot run's usage plans the full grid.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import grid
 from .server import USAGE_PREFIX
 
 # The log folder of each benchmarked rule's job: its benchmark file is
@@ -84,24 +87,65 @@ def by_rule(table: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values("rule", key=lambda s: s.map(order)).reset_index(drop=True)
 
 
-def markdown(summary: pd.DataFrame) -> str:
+def throughputs(params: dict, table: pd.DataFrame, root: str | Path = ".") -> dict[str, tuple[float, float]]:
+    """Measured images/s per model family: (full fine-tuning, evaluation), from the jobs' wall times
+    and the images ``rib plan`` counts for each job. Wall time is the whole job (data loading and
+    writing included), so these are end-to-end rates, the ones a plan of a larger grid wants:
+    ``rib plan --throughput FAMILY=TRAIN,EVAL``."""
+    from .models.registry import get_model, model_slug
+    from .plan import _job_cost, dataset_sizes, family, jobs
+
+    sizes = dataset_sizes(params, root)
+    eval_images = sum(sizes[d].images for d in grid.eval_datasets(params))
+    wall = {(r.rule, r.job): r.wall_s for r in table.itertuples(index=False)}
+    sums: dict[tuple[str, str], list[float]] = {}
+    for job in jobs(params):
+        if job.rule == "finetune" and params["methods"][job.method].get("method", job.method) != "ft":
+            continue  # the training rate is full fine-tuning's, as benchmarks/throughputs.yaml's
+        if job.rule not in ("finetune", "evaluate_pretrained", "evaluate_finetuned"):
+            continue
+        rest = "/".join([model_slug(job.model)] + ([job.method, job.dataset] if job.rule != "evaluate_pretrained"
+                                                   else ["pretrained"]))
+        seconds = wall.get((job.rule, rest))
+        if not seconds or seconds != seconds:
+            continue
+        images, _ = _job_cost(params, job, sizes, eval_images)
+        kind = "train" if job.rule == "finetune" else "eval"
+        acc = sums.setdefault((family(get_model(job.model, params)), kind), [0.0, 0.0])
+        acc[0] += images
+        acc[1] += seconds
+    out = {}
+    for fam in sorted({f for f, _ in sums}):
+        train, ev = sums.get((fam, "train")), sums.get((fam, "eval"))
+        if train and ev:
+            out[fam] = (train[0] / train[1], ev[0] / ev[1])
+    return out
+
+
+def markdown(summary: pd.DataFrame, rates: dict[str, tuple[float, float]] | None = None) -> str:
     lines = ["| rule | jobs | wall total (s) | wall mean (s) | wall max (s) | CPU total (s) | peak RSS (MiB) | measured in |",
              "|---|---|---|---|---|---|---|---|"]
     for r in summary.itertuples(index=False):
         lines.append(f"| {r.rule} | {r.jobs} | {r.wall_total_s:.1f} | {r.wall_mean_s:.2f} | {r.wall_max_s:.2f} | "
                      f"{r.cpu_total_s:.1f} | {r.peak_rss_mib:.0f} | {r.measured_in} |")
+    for fam, (train, ev) in (rates or {}).items():
+        lines.append(f"\nMeasured end to end, model family {fam}: full fine-tuning {train:.1f} images/s, evaluation "
+                     f"{ev:.1f} images/s; a plan of a larger grid at these rates: "
+                     f"`rib plan --throughput {fam}={train:.4g},{ev:.4g}`")
     return "\n".join(lines) + "\n"
 
 
-def write(logs: str | Path, out_dir: str | Path) -> pd.DataFrame:
-    """Write usage.csv, usage_by_rule.csv and usage_by_rule.md under ``out_dir``; returns the summary."""
+def write(logs: str | Path, out_dir: str | Path, params: dict | None = None) -> tuple[pd.DataFrame, dict]:
+    """Write usage.csv, usage_by_rule.csv and usage_by_rule.md under ``out_dir`` (with ``params``, the
+    measured throughputs too); returns the summary and the throughputs."""
     from .io import write_text
 
     table = jobs(logs)
     summary = by_rule(table)
+    rates = throughputs(params, table) if params is not None and not table.empty else {}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text(out_dir / "usage.csv", table.to_csv(index=False, float_format="%.3f"))
     write_text(out_dir / "usage_by_rule.csv", summary.to_csv(index=False, float_format="%.3f"))
-    write_text(out_dir / "usage_by_rule.md", markdown(summary))
-    return summary
+    write_text(out_dir / "usage_by_rule.md", markdown(summary, rates))
+    return summary, rates
