@@ -27,19 +27,6 @@ from rib.status import disk_usage  # noqa: E402
 from tests.faults import make_workspace  # noqa: E402
 
 
-def together(*paths: Path) -> int:
-    """Bytes on disk of several folders together, each file (inode) once."""
-    seen, total = set(), 0
-    for path in paths:
-        for folder, _, files in os.walk(path):
-            for name in files:
-                st = os.lstat(os.path.join(folder, name))
-                if (st.st_dev, st.st_ino) not in seen:
-                    seen.add((st.st_dev, st.st_ino))
-                    total += st.st_blocks * 512
-    return total
-
-
 def measure(cache_type: str, dataset: str, root: Path) -> dict:
     ws = make_workspace(root / cache_type.split(",")[0], REPO / "params.yaml", dvc=True)
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
@@ -48,7 +35,7 @@ def measure(cache_type: str, dataset: str, root: Path) -> dict:
     subprocess.run(dvc + ["repro", "-q", f"generate@{dataset}", f"prepare@{dataset}"], cwd=ws, env=env, check=True)
     data, cache = ws / "data", ws / ".dvc" / "cache"
     return {"cache.type": cache_type, "data": disk_usage(data), "dvc cache": disk_usage(cache),
-            "together": together(data, cache), "files": sum(len(f) for _, _, f in os.walk(data))}
+            "together": disk_usage(data, cache), "files": sum(len(f) for _, _, f in os.walk(data))}
 
 
 def main() -> int:

@@ -11,6 +11,7 @@ its forks) gets SIGKILL, so nothing can clean up after itself.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import random
@@ -185,6 +186,15 @@ def kill_during(ws: Path, cmd: list[str], stage: str, rng: random.Random, max_de
     return record
 
 
+def file_tree(root: Path) -> dict[str, tuple[int, int, str]]:
+    """Every file under root: size, mtime and content digest. Snakemake's own run log and the file
+    cache it writes after a dry run (.snakemake/log, .snakemake/iocache) are its business."""
+    own = (".snakemake/log/", ".snakemake/iocache/")
+    return {rel: (p.stat().st_size, p.stat().st_mtime_ns, hashlib.sha1(p.read_bytes()).hexdigest())
+            for p in sorted(root.rglob("*")) if p.is_file()
+            and not (rel := str(p.relative_to(root))).startswith(own)}
+
+
 def outputs_left_are_valid(ws: Path) -> list[str]:
     """What a killed run left that would pass as finished but is not: every output present must be
     complete (record digests, checkpoint digests, cache shard digests, prepared-data manifests)."""
@@ -204,8 +214,6 @@ def outputs_left_are_valid(ws: Path) -> list[str]:
 def final_results(ws: Path) -> dict:
     """What a run computed: every cell's numbers, the dataset distances, the fine-tuned and pretrained
     weights (a digest of each tensor) and the report tables."""
-    import hashlib
-
     import torch
 
     cells = {str(p.relative_to(ws)): json.loads(p.read_text())["subsets"]

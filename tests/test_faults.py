@@ -9,7 +9,6 @@ of outcomes.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import shutil
@@ -89,15 +88,6 @@ def test_a_run_killed_in_every_step_completes_with_the_same_numbers(reference, t
     assert not list(ws.rglob("*.partial"))  # temporary files of killed writers were cleaned up
 
 
-def _tree(root: Path) -> dict[str, tuple[int, int, str]]:
-    """Every file under root: size, mtime and content digest. Snakemake's own run log and the file
-    cache it writes after a dry run (.snakemake/log, .snakemake/iocache) are its business."""
-    own = (".snakemake/log/", ".snakemake/iocache/")
-    return {rel: (p.stat().st_size, p.stat().st_mtime_ns, hashlib.sha1(p.read_bytes()).hexdigest())
-            for p in sorted(root.rglob("*")) if p.is_file()
-            and not (rel := str(p.relative_to(root))).startswith(own)}
-
-
 def test_damaged_outputs_are_detected_moved_aside_and_rebuilt(reference, tmp_path):
     ref_ws, expected = reference
     ws = tmp_path / "damaged"
@@ -122,11 +112,11 @@ def test_damaged_outputs_are_detected_moved_aside_and_rebuilt(reference, tmp_pat
     locks = ws / ".snakemake" / "locks"
     locks.mkdir(parents=True, exist_ok=True)
     (locks / "0.input.lock").write_text(f"{ws / 'params.yaml'}\n")
-    before = _tree(ws)
+    before = faults.file_tree(ws)
     dry = faults.run([sys.executable, "-m", "snakemake", "-n"], ws)
     assert "rib: damaged output: checkpoints/rib-mini/mini_vit.narrow/ft/sketch/model.pt" in dry.stderr
     assert "(left in place: no job runs)" in dry.stderr and "moved aside" not in dry.stdout + dry.stderr
-    assert _tree(ws) == before
+    assert faults.file_tree(ws) == before
     runs = _rerun_until_done(ws, faults.snakemake_cmd(), attempts=4)
     said = "".join(r.stdout + r.stderr for r in runs)
     assert "removed 1 Snakemake lock file(s) left in .snakemake/locks by a run that was killed" in said

@@ -309,11 +309,10 @@ def test_snakemake_lint_is_clean_and_changes_no_file(tmp_path):
     locks = ws / ".snakemake" / "locks"  # a killed run's lock: only a run that executes jobs removes it
     locks.mkdir(parents=True)
     (locks / "0.input.lock").write_text(f"{ws / 'params.yaml'}\n")
-    before = {p: p.read_bytes() for p in ws.rglob("*") if p.is_file() and ".snakemake/log" not in str(p)}
+    before = faults.file_tree(ws)
     out = snakemake(ws, "--lint")
     assert "Congratulations, your workflow is in a good condition!" in out.stdout + out.stderr
-    after = {p: p.read_bytes() for p in ws.rglob("*") if p.is_file() and ".snakemake/log" not in str(p)}
-    assert after == before  # tests/test_faults.py checks a dry run on a finished, damaged workspace
+    assert faults.file_tree(ws) == before  # tests/test_faults.py checks a dry run on a finished, damaged workspace
 
 
 def test_rules_ask_the_cluster_for_the_params_resources(tmp_path):

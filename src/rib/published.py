@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import grid
 from .errors import RibError
 
 SUITE = "imagenet-rib"
@@ -64,9 +65,8 @@ def compare(params: dict, root: str | Path = ".") -> list[Row]:
     if params["suite"] != SUITE:
         raise RibError(f"the paper's published numbers are for the {SUITE} suite; this params file runs "
                        f"{params['suite']!r} (try --params configs/imagenet-rib.yaml)")
-    reports = Path(root) / "reports" / SUITE
-    metrics = _read(reports / "metrics.csv")
-    summary = _read(reports / "summary.csv")
+    metrics = _read(Path(root) / grid.path("metrics", suite=SUITE))
+    summary = _read(Path(root) / grid.path("summary", suite=SUITE))
     rows = []
     for label, name in MODELS.items():
         for dataset, paper in ACCURACY.get(label, {}).items():

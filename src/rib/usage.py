@@ -17,6 +17,7 @@ takes: a pilot run's usage plans the full grid.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -92,6 +93,7 @@ def throughputs(params: dict, table: pd.DataFrame, root: str | Path = ".") -> di
     and the images ``rib plan`` counts for each job. Wall time is the whole job (data loading and
     writing included), so these are end-to-end rates, the ones a plan of a larger grid wants:
     ``rib plan --throughput FAMILY=TRAIN,EVAL``."""
+    from .config import method_schedule
     from .models.registry import get_model, model_slug
     from .plan import _job_cost, dataset_sizes, family, jobs
 
@@ -100,14 +102,14 @@ def throughputs(params: dict, table: pd.DataFrame, root: str | Path = ".") -> di
     wall = {(r.rule, r.job): r.wall_s for r in table.itertuples(index=False)}
     sums: dict[tuple[str, str], list[float]] = {}
     for job in jobs(params):
-        if job.rule == "finetune" and params["methods"][job.method].get("method", job.method) != "ft":
+        if job.rule == "finetune" and method_schedule(params, job.method)["method"] != "ft":
             continue  # the training rate is full fine-tuning's, as benchmarks/throughputs.yaml's
         if job.rule not in ("finetune", "evaluate_pretrained", "evaluate_finetuned"):
             continue
         rest = "/".join([model_slug(job.model)] + ([job.method, job.dataset] if job.rule != "evaluate_pretrained"
                                                    else ["pretrained"]))
         seconds = wall.get((job.rule, rest))
-        if not seconds or seconds != seconds:
+        if not seconds or math.isnan(seconds):
             continue
         images, _ = _job_cost(params, job, sizes, eval_images)
         kind = "train" if job.rule == "finetune" else "eval"
