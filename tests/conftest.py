@@ -55,6 +55,18 @@ def job_counts(output: str) -> dict[str, int]:
     return counts
 
 
+def dry_run_jobs(output: str) -> set[tuple[str, frozenset, frozenset]]:
+    """The jobs of a `snakemake -n` output: (rule, inputs, outputs) of each, rule all left out."""
+    found = set()
+    for block in re.split(r"\n\[[^\]\n]+\]\n", output)[1:]:
+        rule = re.match(r"\s*(?:local)?rule (\w+):", block)
+        fields = dict(re.findall(r"^    (input|output): (.*)$", block, re.MULTILINE))
+        if rule and rule.group(1) != "all":
+            found.add((rule.group(1), frozenset(fields.get("input", "").split(", ")) - {""},
+                       frozenset(fields.get("output", "").split(", ")) - {""}))
+    return found
+
+
 def run_rib(*args: str, cwd: Path, check: bool = True, **kw) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-m", "rib", *args], cwd=cwd, env=rib_env(), text=True,
                           capture_output=True, **kw)

@@ -30,7 +30,7 @@ TRAIN_METHODS = ["ft", "lp", "linear_probe", "lora", "visual_prompt", "ewc", "ew
 
 def _reference(prep):
     """The pipeline's own loader of pretraining-domain images: ``samples`` of the narrow corpus."""
-    from rib.cli import _reference_loader
+    from rib.steps import _reference_loader
 
     return _reference_loader("data/rib-mini/corpora/prepared/narrow", prep, False)
 

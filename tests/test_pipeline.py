@@ -183,7 +183,12 @@ def test_report_and_one_cell_lookup(snakemake_run):
     cell = json.loads((ws / "results/rib-mini/mini_vit.narrow/lp_ft/c/sketch.json").read_text())
     assert "cell:  results/rib-mini/mini_vit.narrow/lp_ft/c/sketch.json" in out
     assert f"top-1 {100 * cell['top1']:.2f}%" in out
-    assert "starts from checkpoints/rib-mini/mini_vit.narrow/lp/c/model.pt" in out
+    # the jobs it is made from, walked back through the job graph: LP-FT from its linear probe
+    made_by = out.split("made by:")[1].split("datasets:")[0].strip().splitlines()
+    assert [line.split("  <- ")[0].strip() for line in made_by[1:]] == [
+        "checkpoints/rib-mini/mini_vit.narrow/lp_ft/c/model.pt", "checkpoints/rib-mini/mini_vit.narrow/lp/c/model.pt",
+        "models/rib-mini/mini_vit.narrow/pretrained.pt"]
+    assert "--init checkpoints/rib-mini/mini_vit.narrow/lp/c/model.pt" in made_by[1]
     assert "snakemake --cores all results/rib-mini/mini_vit.narrow/lp_ft/c/sketch.json" in out
     assert "dvc repro evaluate-finetuned@mini_vit.narrow-lp_ft-c" in out
 

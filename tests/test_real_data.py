@@ -31,9 +31,11 @@ from rib.data.layouts import LayoutError
 from rib.data.loading import open_dataset
 from rib.data.manifest import DataError, load_prepared, prepare
 from rib.data.suites import Archive, Source
+from rib.config import load as load_params
 from rib.errors import RibError
+from rib.jobs import Graph
 from rib.models.registry import Preprocessing
-from tests.conftest import REPO, job_counts, rib_env, run_rib
+from tests.conftest import REPO, dry_run_jobs, job_counts, rib_env, run_rib
 
 SUITE = build_suite()
 WNIDS = SUITE.label_space
@@ -542,6 +544,11 @@ def test_snakemake_dry_run_of_the_paper_grid_without_data(tmp_path):
     assert counts["finetune"] == 448 and counts["evaluate_finetuned"] == 392 and counts["evaluate_pretrained"] == 7
     assert counts["combine"] == 224 and counts["distance"] == 56
     assert "to download (rule fetch, needs internet): v2, a, r, sketch, cartoon, drawing, c" in out
+    # Snakemake's DAG is the job graph (rib.jobs): every job, with exactly its inputs and outputs
+    graph = Graph(load_params(str(REPO / "configs" / "imagenet-rib.yaml")))
+    expected = {(j.rule, frozenset(p for paths in j.inputs().values() for p in paths), frozenset(j.outputs))
+                for j in graph.jobs()}
+    assert dry_run_jobs(out) == expected
     assert "to add by hand: imagenet:" in out and "to add by hand: objectnet:" in out
 
 

@@ -1,10 +1,10 @@
-"""The DVC pipeline (dvc.yaml) of a params file, generated from the same grid as the Snakefile.
+"""The DVC pipeline (dvc.yaml) of a params file, rendered from the job graph the Snakefile uses.
 
 DVC's templating cannot say that LP-FT's job depends on the linear probe's checkpoint, that EWC's
 depends on the model's pretraining corpus, or which checkpoints a soup combines, so ``rib dvc``
-writes the stages out from the grid (``rib.grid``) and the method registry: one ``foreach`` stage
-per kind of job, its items the grid's (model, dataset) pairs, its deps exactly the files the job
-reads. Regenerate after editing the grid or the methods of the params file (``make dvc`` does);
+writes the stages out from :mod:`rib.jobs`: one ``foreach`` stage per kind of job, its items the
+values that differ between the jobs (model, dataset, preprocessing ...), its deps exactly the
+files the job reads. Regenerate after editing the grid or the methods of the params file (``make dvc`` does);
 ``rib dvc --check`` fails when the file on disk is out of date.
 """
 
@@ -15,9 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from . import grid
-from .methods import entry_info, init_entry, trained_ingredients
-from .models.registry import get_model, model_slug
+from .errors import RibError
+from .jobs import Graph, Job
 
 HEADER = """\
 # rib as a DVC pipeline: the same jobs as the Snakefile, through the same `rib` subcommands.
@@ -25,10 +24,6 @@ HEADER = """\
 # Each stage lists the rib code it runs as deps, the params keys it reads, and exactly the files
 # (checkpoints, datasets) its job reads.
 """
-
-TRAIN_CODE = ["src/rib/train.py", "src/rib/methods", "src/rib/models", "src/rib/data/loading.py",
-              "src/rib/data/labels.py"]
-EVAL_CODE = ["src/rib/evaluate.py", "src/rib/data/loading.py", "src/rib/data/labels.py", "src/rib/models"]
 
 
 class _Literal(str):
@@ -54,204 +49,43 @@ _Dumper.add_representer(_Flow, lambda d, data: d.represent_mapping("tag:yaml.org
 
 
 def render(params: dict, params_file: str, out: str | os.PathLike) -> str:
-    """dvc.yaml text for ``params_file`` written at ``out`` (stages run from the project folder)."""
+    """dvc.yaml text for ``params_file`` written at ``out`` (stages run from the project folder):
+    the job graph (:mod:`rib.jobs`), one stage per job kind, a ``foreach`` over its jobs."""
     out_dir = Path(out).resolve().parent
     wdir = os.path.relpath(Path.cwd().resolve(), out_dir)
     default_params = Path(params_file).resolve() == (out_dir / "params.yaml").resolve()
     rib = "rib" if default_params else f"rib --params {params_file}"
-    suite = params["suite"]
-    from .data.suites import get_suite
 
-    synthetic = get_suite(params).synthetic
+    def keys(names) -> list:
+        return list(names) if default_params else [{params_file: list(names)}]
 
-    def keys(*names: str):
-        names = list(names)
-        return names if default_params else [{params_file: names}]
+    stages: dict[str, list[Job]] = {}
+    for job in Graph(params).jobs():
+        if job.stage is not None:
+            stages.setdefault(job.stage, []).append(job)
 
-    def stage(**fields) -> dict:
-        body = {}
-        if wdir != ".":
-            body["wdir"] = wdir
-        body.update(fields)
-        return body
+    def body(job: Job) -> dict:
+        t = job.template
+        fields: dict = {"wdir": wdir} if wdir != "." else {}
+        fields["cmd"] = _Literal(f"{rib} {t(job.cmd)}")
+        fields["deps"] = [t(p) for dep in job.deps for p in (dep.paths if dep.dvc is None else dep.dvc)]
+        if job.params:
+            fields["params"] = keys(job.params)
+        fields["outs"] = [{t(o): {"persist": True}} if job.persist else t(o) for o in job.outs]
+        return {**fields, **job.dvc_extra}
 
-    def foreach(items: dict, do: dict) -> dict:
-        return {"foreach": {k: _Flow(v) for k, v in items.items()}, "do": stage(**do)}
-
-    def cmd(*parts: str) -> _Literal:
-        return _Literal(" ".join(parts))
-
-    evals = grid.eval_datasets(params)
-    models = [model_slug(m) for m in params["grid"]["models"]]
-    role = get_suite(params).dataset
-
-    def raw(d: str) -> str:
-        return grid.data_dir(params, d, "raw")
-
-    def prepared(d: str) -> str:
-        return grid.data_dir(params, d)
-
-    stages: dict = {}
-    needed = grid.datasets_to_prepare(params)
-    data_sets = {"evaluation": [d for d in needed if role(d).role != "corpus"],
-                 "corpus": [d for d in needed if role(d).role == "corpus"]}
-    for kind, names in data_sets.items():
-        if not names:
-            continue
-        suffix = "" if kind == "evaluation" else "-corpus"
-        items = {d: {"raw": raw(d), "prepared": prepared(d)} for d in names}
-        if synthetic:
-            stages[f"generate{suffix}"] = foreach(items, {
-                "cmd": cmd(rib, "data generate ${key} --out ${item.raw}"),
-                "deps": ["src/rib/data/synthetic"], "params": keys("seed", "synthetic"),
-                "outs": ["${item.raw}"]})
+    rendered: dict = {}
+    for name, jobs in stages.items():
+        do = body(jobs[0])
+        for job in jobs[1:]:  # a foreach stage: one template for all its items
+            if body(job) != do:
+                raise RibError(f"dvc.yaml: the jobs of stage {name!r} differ beyond their foreach items "
+                               f"({jobs[0].key} and {job.key}); rib.jobs must give them one template")
+        if jobs[0].key is None:
+            rendered[name] = do
         else:
-            stages[f"fetch{suffix}"] = foreach(items, {
-                "cmd": cmd(rib, "data fetch ${key}"), "deps": ["src/rib/data/imagenet_rib.py"],
-                "outs": [{"${item.raw}": {"persist": True}}]})
-        stages[f"prepare{suffix}"] = foreach(items, {
-            "cmd": cmd(rib, "data prepare ${key} --raw ${item.raw} --out ${item.prepared}"),
-            "deps": ["src/rib/data/manifest.py", "src/rib/data/layouts.py", "${item.raw}"],
-            "params": keys("split", "data.skip_corrupt_images", "data.corruption_subset",
-                           *(["data.classes"] if "classes" in params["data"] else [])),
-            "outs": ["${item.prepared}"]})
-
-    # Image caches: one per (preprocessing, evaluation dataset), shared by every model with it.
-    cached = params["runtime"].get("cache", True)
-    prep_of = {m: grid.prep_key(params, m) for m in models} if cached else {}
-    P = "${item.prep}"
-
-    def cache_dir(prep: str, d: str) -> str:
-        return grid.PATTERNS["cache"].format(suite=suite, prep=prep, dataset=d)
-
-    if cached:
-        stages["cache"] = foreach(
-            {f"{k}-{d}": {"prep": k, "dataset": d, "data": prepared(d)} for k, d in grid.cache_jobs(params)},
-            {"cmd": cmd(rib, "cache build ${item.dataset} --data ${item.data} --prep ${item.prep}",
-                        f"--out {cache_dir(P, '${item.dataset}')}"),
-             "deps": ["src/rib/data/cache.py", "src/rib/data/loading.py", "${item.data}"],
-             # large, but regenerable, and linked (not copied) into DVC's cache (.dvc/config cache.type):
-             # cached like every output, so a clone's `dvc pull` leaves nothing to recompute
-             "outs": [cache_dir(P, "${item.dataset}")]})
-
-    def caches(*datasets: str) -> list[str]:
-        """Cache folders of an item's model (its ${item.prep}) for these datasets."""
-        return [cache_dir(P, d) for d in datasets] if cached else []
-
-    def cache_opt(*datasets: str) -> str:
-        return f" --cache {' '.join(caches(*datasets))}" if cached else ""
-
-    def with_prep(item: dict, model: str) -> dict:
-        return {**item, "prep": prep_of[model]} if cached else item
-
-    pretrained = {m: grid.path("pretrained", suite=suite, model=m) for m in models}
-    if synthetic:
-        items = {m: {"pretrained": pretrained[m], "corpus": prepared(get_model(m, params).pretrain_corpus),
-                     "corpus_raw": raw(get_model(m, params).pretrain_corpus)} for m in models}
-        stages["pretrain"] = foreach(items, {
-            "cmd": cmd(rib, "pretrain ${key} --data ${item.corpus} --out ${item.pretrained}"),
-            "deps": ["src/rib/train.py", "src/rib/methods", "src/rib/models", "src/rib/data/loading.py",
-                     "${item.corpus_raw}", "${item.corpus}"],
-            "params": keys("seed", "pretrain", "train.precision", "synthetic.image_size", "synthetic.num_classes"),
-            "outs": ["${item.pretrained}"]})
-    else:
-        stages["fetch-weights"] = foreach({m: {"pretrained": pretrained[m]} for m in models}, {
-            "cmd": cmd(rib, "models fetch ${key} --out ${item.pretrained}"),
-            "deps": ["src/rib/models/network.py"], "outs": ["${item.pretrained}"]})
-
-    def ckpt(model: str, entry: str, dataset: str) -> str:
-        return grid.PATTERNS["finetuned"].format(suite=suite, model=model, method=entry, dataset=dataset)
-
-    # Per-(model, dataset) stages: items hold the names, paths are templates over them.
-    M, D = "${item.model}", "${item.dataset}"
-    t_pretrained = grid.PATTERNS["pretrained"].format(suite=suite, model=M)
-    t_data = grid.PATTERNS["prepared"].format(suite=suite, dataset=D)
-    t_raw = grid.PATTERNS["raw"].format(suite=suite, dataset=D)
-
-    pairs = [(m, d) for m in models for d in grid.finetune_datasets(params)]
-    for entry in grid.train_entries(params):
-        start = init_entry(params, entry)
-        items = {}
-        for m, d in pairs:
-            item = with_prep({"model": m, "dataset": d}, m)
-            ref = grid.reference_dataset(params, m, entry)
-            if ref:
-                item["reference"] = prepared(ref)
-            items[f"{m}-{d}"] = item
-        t_init = ckpt(M, start, D) if start else None
-        options = (f" --init {t_init}" if start else "") + (
-            " --reference ${item.reference}" if entry_info(params, entry).needs_reference else "")
-        deps = [*TRAIN_CODE, t_pretrained, t_raw, t_data, *caches(D)]
-        deps += [t_init] if start else []
-        deps += ["${item.reference}"] if entry_info(params, entry).needs_reference else []
-        stages[f"finetune-{entry}"] = foreach(items, {
-            "cmd": cmd(rib, f"finetune {M} {entry} {D} --pretrained {t_pretrained}",
-                       f"--data {t_data}{options}{cache_opt(D)} --out {ckpt(M, entry, D)}"),
-            "deps": deps, "params": keys("seed", "train", f"methods.{entry}"), "outs": [ckpt(M, entry, D)]})
-
-    eval_deps = [*EVAL_CODE, *(raw(d) for d in evals), *(prepared(d) for d in evals)]
-    eval_params = keys("grid.source", "grid.datasets", "evaluate.scoring")
-    stages["evaluate-pretrained"] = foreach(
-        {m: with_prep({"checkpoint": pretrained[m], "out": os.path.dirname(
-            grid.path("pretrained_cell", suite=suite, model=m, eval="x"))}, m) for m in models},
-        {"cmd": cmd(rib, f"evaluate ${{item.checkpoint}}{cache_opt(*evals)} --out-dir ${{item.out}}"),
-         "deps": ["${item.checkpoint}", *eval_deps, *caches(*evals)], "params": eval_params, "outs": ["${item.out}"]})
-
-    def cell_dir(m: str, entry: str, d: str) -> str:
-        return os.path.dirname(grid.PATTERNS["finetuned_cell"].format(suite=suite, model=m, method=entry, dataset=d,
-                                                                       eval="x"))
-
-    trained = [e for e in params["grid"]["methods"] if entry_info(params, e).kind == "train"]
-    if trained:
-        E = "${item.method}"
-        stages["evaluate-finetuned"] = foreach(
-            {f"{m}-{e}-{d}": with_prep({"model": m, "method": e, "dataset": d}, m)
-             for m in models for e in trained for d in grid.finetune_datasets(params)},
-            {"cmd": cmd(rib, f"evaluate {ckpt(M, E, D)}{cache_opt(*evals)} --out-dir {cell_dir(M, E, D)}"),
-             "deps": [ckpt(M, E, D), *eval_deps, *caches(*evals)], "params": eval_params,
-             "outs": [cell_dir(M, E, D)]})
-
-    for entry in grid.weight_entries(params):
-        names = trained_ingredients(params, entry)
-        items = {f"{m}-{d}": with_prep({"model": m, "dataset": d}, m) for m, d in pairs}
-        parts = [ckpt(M, n, D) for n in names]
-        stages[f"combine-{entry}"] = foreach(items, {
-            "cmd": cmd(rib, f"combine {M} {entry} {D} --pretrained {t_pretrained}",
-                       f"--ingredients {' '.join(parts)} --data {t_data}{cache_opt(*evals)}",
-                       f"--out-dir {cell_dir(M, entry, D)}"),
-            "deps": ["src/rib/methods/weights.py", t_pretrained, *parts, *eval_deps, *caches(*evals)],
-            "params": keys(f"methods.{entry}", *(f"methods.{n}" for n in names), "evaluate.scoring"),
-            "outs": [cell_dir(M, entry, D)]})
-
-    ref = grid.distance_reference(params)
-    ref_cached = [ref] if ref in evals else []
-    stages["distance"] = foreach({f"{m}-{d}": with_prep({"model": m, "dataset": d}, m) for m, d in pairs}, {
-        "cmd": cmd(rib, f"distance {M} {D} --pretrained {t_pretrained} --reference-data {prepared(ref)}",
-                   f"--data {t_data}{cache_opt(*ref_cached, D)}",
-                   f"--out {grid.PATTERNS['distance'].format(suite=suite, model=M, dataset=D)}"),
-        "deps": ["src/rib/distance.py", t_pretrained, raw(ref), prepared(ref), t_raw, t_data,
-                 *caches(*ref_cached, D)],
-        "params": keys("seed", "distance"),
-        "outs": [grid.PATTERNS["distance"].format(suite=suite, model=M, dataset=D)]})
-
-    reports = {k: grid.path(k, suite=suite) for k in grid.TABLES}
-    plain = [p for k, p in reports.items() if k not in ("metrics_json", "sweeps", "distances")]
-    stages["aggregate"] = stage(
-        cmd=cmd(rib, "aggregate"),
-        deps=["src/rib/aggregate.py", "src/rib/metrics.py", f"results/{suite}", f"distances/{suite}"],
-        params=keys("grid"), outs=plain,
-        metrics=[reports["metrics_json"]],
-        plots=[{reports["sweeps"]: {"x": "finetune", "y": "ood",
-                                    "title": "WiSE-FT: OOD vs fine-tuning-dataset accuracy (%)"}},
-               {reports["distances"]: {"x": "otdd", "y": f"source_drop_{params['report']['focus_method']}",
-                                       "title": "OTDD vs pretraining-domain accuracy lost (points)"}}])
-    figures = grid.figure_paths(suite)
-    stages["figures"] = stage(
-        cmd=cmd(rib, "figures"),
-        deps=["src/rib/figures.py", *(reports[k] for k in ("metrics", "summary", "sweeps", "distances", "ri_matrix"))],
-        params=keys("report"), outs=[f for f in figures if f.endswith(".pdf")],
-        plots=[f for f in figures if f.endswith(".png")])
+            rendered[name] = {"foreach": {j.key: _Flow(j.vars) for j in jobs}, "do": do}
 
     args = "dvc" if default_params else f"--params {params_file} dvc --out {os.path.relpath(out)}"
-    body = yaml.dump({"stages": stages}, Dumper=_Dumper, sort_keys=False, width=110, default_flow_style=False)
-    return HEADER.format(args=args, params=params_file) + "\n" + body
+    text = yaml.dump({"stages": rendered}, Dumper=_Dumper, sort_keys=False, width=110, default_flow_style=False)
+    return HEADER.format(args=args, params=params_file) + "\n" + text

@@ -79,3 +79,19 @@ def memory_error(kind: str, err: BaseException, what: str, settings: str) -> Rib
         else:
             size = f" (asked for {value} more)"
     return RibError(f"{what} ran out of {kind} memory{size}: {settings}")
+
+
+def memory_advice(command: str, kind: str, err: BaseException, *, method: str | None = None,
+                  model: str | None = None) -> str:
+    """Running out of memory, said with the settings of ``command`` that decide how much it needs."""
+    if command in ("finetune", "pretrain"):
+        what = f"{command} {method or model or ''}".strip()
+        settings = ("lower train.batch_size" + (f" (or methods.{method}.batch_size)" if method else "")
+                    + " or train.precision (bf16/fp16 on a GPU) in the params file; a smaller batch changes the "
+                    "training, so rib does not change it for you")
+    else:
+        what = command
+        settings = "lower evaluate.batch_size in the params file, or set it to auto"
+    if kind == "CPU":
+        settings += "; for CPU memory also consider runtime.preload: false and fewer runtime.loader_workers"
+    return str(memory_error(kind, err, what, settings))

@@ -1,8 +1,8 @@
 """The benchmark grid and where each of its artefacts lives.
 
 The path patterns here are the single definition of the pipeline's file layout: the Snakefile uses
-them as rule patterns, ``rib`` uses them to find inputs, and dvc.yaml spells the same paths (a
-test checks the two front doors agree). A *cell* is (suite, model, method, D_ft, eval dataset);
+them as its rules' output patterns, and the job graph (:mod:`rib.jobs`) builds every job's inputs,
+outputs and command from them, for Snakemake, dvc.yaml and ``rib`` alike. A *cell* is (suite, model, method, D_ft, eval dataset);
 the pretrained model's cells use method ``pretrained`` and no D_ft, and are shared by all methods.
 """
 
@@ -21,9 +21,7 @@ PATTERNS = {
     "corpus_raw": "data/{suite}/corpora/raw/{dataset}",
     "corpus_prepared": "data/{suite}/corpora/prepared/{dataset}",
     "pretrained": "models/{suite}/{model}/pretrained.pt",
-    "pretrain_state": "models/{suite}/{model}/state.pt",
     "finetuned": "checkpoints/{suite}/{model}/{method}/{dataset}/model.pt",
-    "finetune_state": "checkpoints/{suite}/{model}/{method}/{dataset}/state.pt",
     "pretrained_cell": "results/{suite}/{model}/pretrained/{eval}.json",
     "finetuned_cell": "results/{suite}/{model}/{method}/{dataset}/{eval}.json",
     "distance": "distances/{suite}/{model}/{dataset}.json",
@@ -201,16 +199,6 @@ def prep_key(params: dict, model: str) -> str:
     return key(preprocessing_of(get_model(model, params)))
 
 
-def cache_dirs(params: dict, model: str, datasets: list[str]) -> list[str]:
-    """The image caches a job of ``model`` reads for ``datasets``: those of the evaluation datasets
-    (corpora are read once, by pretraining, and not cached); none when runtime.cache is off."""
-    if not params["runtime"].get("cache", True):
-        return []
-    evals = set(eval_datasets(params))
-    key = prep_key(params, model)
-    return [PATTERNS["cache"].format(suite=params["suite"], prep=key, dataset=d) for d in datasets if d in evals]
-
-
 def cache_jobs(params: dict) -> list[tuple[str, str]]:
     """Every (preprocessing key, dataset) cache the grid reads: each is built once, for all models."""
     if not params["runtime"].get("cache", True):
@@ -218,13 +206,11 @@ def cache_jobs(params: dict) -> list[tuple[str, str]]:
     return sorted({(prep_key(params, m), d) for m in params["grid"]["models"] for d in eval_datasets(params)})
 
 
-def rebuildable_outputs(params: dict) -> set[str]:
-    """The files and folders of the grid that a pipeline run can write again: cells, distances,
-    fine-tuned and pretrained checkpoints, image caches."""
-    suite = params["suite"]
-    found = {cell.path(suite) for cell in cells(params)}
-    found |= {path("distance", suite=suite, model=m, dataset=d) for m, d in distance_jobs(params)}
-    found |= {path("finetuned", suite=suite, model=m, method=e, dataset=d) for m, e, d in finetune_jobs(params)}
-    found |= {path("pretrained", suite=suite, model=m) for m in params["grid"]["models"]}
-    found |= {PATTERNS["cache"].format(suite=suite, prep=k, dataset=d) for k, d in cache_jobs(params)}
-    return found
+def listing(params: dict, what: str = "cells") -> list[str]:
+    """``rib grid``: the grid's cells, its fine-tuned checkpoints ("finetune") or its prepared
+    dataset folders ("datasets")."""
+    if what == "cells":
+        return [cell.path(params["suite"]) for cell in cells(params)]
+    if what == "finetune":
+        return [path("finetuned", suite=params["suite"], model=m, method=e, dataset=d) for m, e, d in finetune_jobs(params)]
+    return [data_dir(params, name) for name in datasets_to_prepare(params)]

@@ -1,7 +1,7 @@
 """What a run of a params file will cost, before it runs (``rib plan``).
 
-* Jobs per rule, from the grid's own job functions (:mod:`rib.grid`): the jobs Snakemake schedules
-  in a fresh workspace (tests check them against ``snakemake -n``).
+* Jobs per rule, from the job graph (:mod:`rib.jobs`): the jobs Snakemake schedules in a fresh
+  workspace (tests check them against ``snakemake -n``).
 * Images each job puts through a model: training (epochs x the fine-tuning part of D_ft, with each
   methods entry's own schedule), importance weights (EWC with the Fisher, MAS), evaluation (every
   image of every evaluation dataset, once per model a job evaluates), the held-out choices of a
@@ -65,34 +65,18 @@ class Job:
     prep: str | None = None
 
 
-def jobs(params: dict) -> list[Job]:
-    """Every job a fresh workspace runs, in the order of Snakemake's job stats."""
-    from .data.suites import get_suite
-    from .models.registry import get_model
+# Snakemake's order of rules in its job stats (rib plan's rows).
+RULE_ORDER = ("generate", "generate_corpus", "fetch", "prepare", "prepare_corpus", "cache", "pretrain", "fetch_weights",
+              "distance", "evaluate_pretrained", "finetune", "combine", "evaluate_finetuned", "aggregate", "figures",
+              "usage")
 
-    suite = get_suite(params)
-    g = params["grid"]
-    needed = grid.datasets_to_prepare(params)
-    evals = [d for d in needed if suite.dataset(d).role != "corpus"]
-    corpora = [d for d in needed if suite.dataset(d).role == "corpus"]
-    out = [Job("generate" if suite.synthetic else "fetch", dataset=d) for d in evals]
-    out += [Job("generate_corpus", dataset=d) for d in corpora if suite.synthetic]
-    out += [Job("prepare", dataset=d) for d in evals] + [Job("prepare_corpus", dataset=d) for d in corpora]
-    out += [Job("cache", prep=key, dataset=d) for key, d in grid.cache_jobs(params)]
-    if suite.synthetic:
-        out += [Job("pretrain", model=m) for m in g["models"] if get_model(m, params).pretrain_corpus]
-    else:
-        out += [Job("fetch_weights", model=m) for m in g["models"]]
-    out += [Job("distance", model=m, dataset=d) for m, d in grid.distance_jobs(params)]
-    # one evaluation (or combine) job writes all cells of a checkpoint
-    made = dict.fromkeys((c.model, c.method, c.finetune_dataset) for c in grid.cells(params))
-    out += [Job("evaluate_pretrained", model=m) for m, e, _ in made if e == grid.PRETRAINED]
-    out += [Job("finetune", model=m, method=e, dataset=d) for m, e, d in grid.finetune_jobs(params)]
-    tuned = [(m, e, d) for m, e, d in made if e != grid.PRETRAINED]
-    out += [Job("combine", model=m, method=e, dataset=d) for m, e, d in tuned if e in grid.weight_entries(params)]
-    out += [Job("evaluate_finetuned", model=m, method=e, dataset=d) for m, e, d in tuned
-            if e not in grid.weight_entries(params)]
-    return out + [Job("aggregate"), Job("figures"), Job("usage")]
+
+def jobs(params: dict) -> list[Job]:
+    """Every job a fresh workspace runs (the job graph's, rib.jobs), in the order of Snakemake's job stats."""
+    from .jobs import Graph
+
+    found = [Job(j.rule, j.model, j.method, j.dataset, j.prep) for j in Graph(params).jobs()]
+    return sorted(found, key=lambda job: RULE_ORDER.index(job.rule))
 
 
 def job_counts(params: dict) -> dict[str, int]:
@@ -598,6 +582,15 @@ def make_plan(params: dict, params_file: str = "params.yaml", *, overrides: Iter
 # ----------------------------------------------------------------------------------------------
 # Text
 # ----------------------------------------------------------------------------------------------
+def report(params: dict, params_file: str = "params.yaml", overrides: Iterable[str] = (),
+           throughputs_file: str | Path | None = None, *, json_out: bool = False) -> str:
+    """``rib plan``: the plan as text, or as JSON."""
+    import json
+
+    made = make_plan(params, params_file, overrides=overrides, throughputs_file=throughputs_file)
+    return json.dumps(made.as_dict(), indent=1) if json_out else render(made)
+
+
 def size(n: float) -> str:
     for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
         if abs(n) < 1000 or unit == "PB":

@@ -207,6 +207,19 @@ def _child(conn: socket.socket, request: dict, fds: list[int], initial_seed: int
         os._exit(int(code) & 0xFF)
 
 
+def command(argv: list[str], path: str | None, idle_timeout: float = 300.0, parent: int | None = None) -> int:
+    """``rib serve``: run ``argv`` (after ``--``) with a server for its rib commands, or serve on the
+    socket ``path`` until idle."""
+    from .errors import RibError
+
+    argv = argv[1:] if argv[:1] == ["--"] else argv
+    if argv:
+        return serve_while(argv, path)
+    if not path:
+        raise RibError("rib serve: --socket SOCKET is required (or give a command to run: rib serve -- CMD ...)")
+    return serve(path, idle_timeout=idle_timeout, parent=parent)
+
+
 def serve_while(command: list[str], path: str | None = None, wait: float = 60.0) -> int:
     """Run ``command`` (``dvc repro``, a script) with a server for the ``rib`` commands it starts:
     a ``rib serve`` in its own process for as long as the command runs, named in the command's

@@ -178,3 +178,72 @@ def render_models(rows: list[ModelStatus]) -> str:
 
 def as_json(rows) -> str:
     return json.dumps([asdict(r) for r in rows], indent=1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Methods
+# ----------------------------------------------------------------------------------------------
+def listing(params: dict, kind: str, *, json_out: bool = False, sizes: bool = True) -> str:
+    """``rib data list`` (kind "data") or ``rib models list`` (kind "models"): a table, or JSON."""
+    rows = datasets(params, sizes=sizes) if kind == "data" else models(params)
+    if json_out:
+        return as_json(rows) + "\n"
+    return render_datasets(rows) if kind == "data" else render_models(rows)
+
+
+def _same_value(value, ref) -> bool:
+    if isinstance(value, bool) or isinstance(ref, bool):
+        return value is ref
+    if isinstance(value, (int, float)) and isinstance(ref, (int, float)):
+        return float(value) == float(ref)
+    return value == ref
+
+
+def methods_text(params: dict, params_file: str = "params.yaml") -> str:
+    """The method registry (each method's kind, what it does, its settings with defaults and the
+    reference code's values), then every entry of the params file with the values it runs with,
+    each marked against the paper's own code (FieteLab/ImageNet-RIB)."""
+    from .config import method_schedule
+    from .methods import METHODS, REFERENCE_SCHEDULE, implementation
+
+    lines: list[str] = []
+    say = lines.append
+
+    users: dict[str, list[str]] = {}
+    for entry in params["methods"]:
+        users.setdefault(implementation(params, entry), []).append(entry)
+    say("Registered methods, with their defaults; [ref: X] is the value in the paper's code "
+          "(FieteLab/ImageNet-RIB) where it has the method:")
+    for name, info in METHODS.items():
+        where = f"the reference code's {info.reference}" if info.reference else "not in the reference code"
+        say(f"{name} ({info.kind}; {where}): {info.summary}")
+        for key, spec in info.options.items():
+            note = f"  # {spec['description']}" if "description" in spec else ""
+            mark = f"  [ref: {spec['reference']!r}]" if "reference" in spec else ""
+            say(f"    {key}: {spec.get('default')!r}{mark}{note}")
+        if users.get(name):
+            say(f"    entries in {params_file}: {', '.join(users[name])}")
+    say(f"\nEntries of {params_file}, with the values they run with:")
+    for entry in params["methods"]:
+        config = method_schedule(params, entry)
+        info = METHODS[config["method"]]
+        keys = [k for k in REFERENCE_SCHEDULE if info.kind == "train"] + [k for k in info.options if k in config]
+        keys += ["seed"] if "seed" in params["methods"][entry] else []
+        if not info.reference:
+            say(f"{entry} = {config['method']} (not in the reference code)")
+            say("    settings: " + ", ".join(f"{k} {config[k]!r}" for k in keys))
+            continue
+        refs = {**(REFERENCE_SCHEDULE if info.kind == "train" else {}),
+                **{k: spec["reference"] for k, spec in info.options.items() if "reference" in spec}}
+        same = [k for k in keys if k in refs and _same_value(config[k], refs[k])]
+        differ = [k for k in keys if k in refs and k not in same]
+        other = [k for k in keys if k not in refs]
+        say(f"{entry} = {config['method']} (the reference code's {info.reference})")
+        if same:
+            say("    as the reference code: " + ", ".join(f"{k} {config[k]!r}" for k in same))
+        if differ:
+            say("    departs from it: "
+                  + ", ".join(f"{k} {config[k]!r} (reference code: {refs[k]!r})" for k in differ))
+        if other:
+            say("    not settings of the reference code: " + ", ".join(f"{k} {config[k]!r}" for k in other))
+    return "\n".join(lines) + "\n"

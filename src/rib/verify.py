@@ -150,15 +150,16 @@ def sweep(root: str | os.PathLike = ".", suite: str | None = None, *, full: bool
     return findings
 
 
-def to_rebuild(params: dict, root: str | os.PathLike = ".") -> list[str]:
+def to_rebuild(params: dict, root: str | os.PathLike = ".", graph=None) -> list[str]:
     """Outputs of the grid that were moved aside as damaged and not written again since.
 
     Snakemake does not remake a missing file that nothing out of date needs (its consumers may be
-    complete), so the Snakefile asks for these by name, next to its usual targets."""
-    from . import grid
+    complete), so the Snakefile asks for these by name, next to its usual targets. ``graph``: the
+    params' :class:`rib.jobs.Graph`, where the caller has one."""
+    from .jobs import Graph
 
     root = Path(root)
-    return sorted(p for p in grid.rebuildable_outputs(params)
+    return sorted(p for p in (graph or Graph(params)).rebuildable_outputs()
                   if (root / f"{p}.damaged").exists() and not (root / p).exists())
 
 

@@ -12,9 +12,9 @@ sys.path.insert(0, SRC)
 
 from rib import config as rib_config  # noqa: E402
 from rib import grid as rib_grid  # noqa: E402
-from rib import methods as rib_methods  # noqa: E402
+from rib.jobs import Graph  # noqa: E402
 from rib.data.suites import get_suite  # noqa: E402
-from rib.models.registry import get_model, model_slug  # noqa: E402
+from rib.models.registry import model_slug  # noqa: E402
 from rib import usage as rib_usage  # noqa: E402
 from rib import verify as rib_verify  # noqa: E402
 from rib.runlock import claim as claim_run  # noqa: E402
@@ -28,6 +28,9 @@ except rib_config.ConfigError as err:
     raise WorkflowError(str(err)) from None
 
 SUITE = get_suite(PARAMS)
+# The job graph (src/rib/jobs.py): each rule takes its inputs and its rib command from it, as
+# dvc.yaml and `rib cell` do; a rule here adds its output pattern, log, resources and constraints.
+GRAPH = Graph(PARAMS)
 
 # Before a run builds its job graph, two repairs (only then: a dry run, --lint, --summary, --dag,
 # --unlock ... change no file):
@@ -63,7 +66,7 @@ if workflow.is_main_process:
 def rebuild_targets(wildcards):
     """Outputs moved aside as damaged (by the repair above, or by a job that met one): targets of
     this run next to rule all's."""
-    return rib_verify.to_rebuild(PARAMS)
+    return rib_verify.to_rebuild(PARAMS, graph=GRAPH)
 
 
 TRAIN_ENTRIES = rib_grid.train_entries(PARAMS)  # methods entries that train a checkpoint
@@ -145,54 +148,18 @@ wildcard_constraints:
     method="|".join(re.escape(m) for m in sorted(set(PARAMS["grid"]["methods"]) | set(TRAIN_ENTRIES))),
 
 
-def prepared(dataset):
-    return rib_grid.data_dir(PARAMS, dataset)
+def job_inputs(rule):
+    """A rule's inputs: its job's, by name (an input function of the rule's wildcards)."""
+    return lambda wildcards: GRAPH.job(rule, **dict(wildcards.items())).inputs()
 
 
-_CACHE_DIRS = {}
-
-
-def caches(model, datasets):
-    """The image caches (cache/<suite>/<preprocessing>/<dataset>) a job of ``model`` reads."""
-    key = (model, tuple(datasets))
-    if key not in _CACHE_DIRS:  # asked for every job while the DAG is built
-        _CACHE_DIRS[key] = rib_grid.cache_dirs(PARAMS, model, list(datasets))
-    return _CACHE_DIRS[key]
-
-
-def corpus_of(wildcards):
-    corpus = get_model(wildcards.model, PARAMS).pretrain_corpus
-    if corpus is None:
-        raise WorkflowError(f"model {wildcards.model} is not pretrained by the pipeline")
-    return prepared(corpus)
-
-
-def finetuned(model, method, dataset):
-    return PAT["finetuned"].format(model=model, method=method, dataset=dataset)
+def job_command(rule):
+    """A rule's `rib` command (its subcommand and arguments): its job's."""
+    return lambda wildcards: GRAPH.job(rule, **dict(wildcards.items())).command
 
 
 def train_regex(entries):
     return "|".join(re.escape(e) for e in entries) or "^$"
-
-
-def finetune_extra_inputs(w):
-    extra = {}
-    start = rib_methods.init_entry(PARAMS, w.method)
-    if start is not None:
-        extra["init"] = finetuned(w.model, start, w.dataset)
-    ref = rib_grid.reference_dataset(PARAMS, w.model, w.method)
-    if ref is not None:
-        extra["reference"] = prepared(ref)
-    return extra
-
-
-def finetune_options(w, input):
-    opts = ""
-    if "init" in input.keys():
-        opts += f" --init {input.init}"
-    if "reference" in input.keys():
-        opts += f" --reference {input.reference}"
-    return opts
 
 
 def job_resources(kind):
@@ -215,5 +182,5 @@ EVAL_NAMES = "|".join(sorted(SUITE.names("source") + SUITE.names("shift")))
 CORPUS_NAMES = "|".join(sorted(SUITE.names("corpus")))
 
 
-REPORT_OUTPUTS = [PAT[k] for k in rib_grid.TABLES] + rib_grid.figure_paths(SUITE.name)
-USAGE_OUTPUTS = [f"reports/{SUITE.name}/{name}" for name in ("usage.csv", "usage_by_rule.csv", "usage_by_rule.md")]
+REPORT_OUTPUTS = GRAPH.job("aggregate").outputs + GRAPH.job("figures").outputs
+USAGE_OUTPUTS = GRAPH.job("usage").outputs

@@ -13,6 +13,7 @@ if SUITE.synthetic:
             f"{LOGS}/generate/{{dataset}}.log",
         params:
             settings=lambda w: {"seed": PARAMS["seed"], "synthetic": PARAMS["synthetic"]},
+            command=job_command("generate"),
         threads: 1
         localrule: True  # the synthetic suite's "download": seconds, on the machine running Snakemake
         wildcard_constraints:
@@ -20,7 +21,7 @@ if SUITE.synthetic:
         conda:
             CONDA_ENV
         shell:
-            "python -m rib data generate {wildcards.dataset} --out {output} > {log} 2>&1"
+            "python -m rib {params.command} > {log} 2>&1"
 
     use rule generate as generate_corpus with:
         output:
@@ -56,18 +57,19 @@ else:
             f"{LOGS}/fetch/{{dataset}}.log",
         params:
             downloads=PARAMS["data"]["downloads"],
+            command=job_command("fetch"),
         localrule: True
         wildcard_constraints:
             dataset=EVAL_NAMES,
         conda:
             CONDA_ENV
         shell:
-            "python -m rib data fetch {wildcards.dataset} --out {output} > {log} 2>&1"
+            "python -m rib {params.command} > {log} 2>&1"
 
 
 rule prepare:
     input:
-        PAT["raw"],
+        unpack(job_inputs("prepare")),
     output:
         directory(PAT["prepared"]),
     log:
@@ -75,6 +77,7 @@ rule prepare:
     params:
         split=PARAMS["split"],
         data={k: PARAMS["data"][k] for k in ("skip_corrupt_images", "corruption_subset", "classes") if k in PARAMS["data"]},
+        command=job_command("prepare"),
     threads: 1
     resources:
         **job_resources("prepare"),
@@ -83,14 +86,12 @@ rule prepare:
     conda:
         CONDA_ENV
     shell:
-        "python -m rib data prepare {wildcards.dataset} --raw {input} --out {output} > {log} 2>&1"
+        "python -m rib {params.command} > {log} 2>&1"
 
 
 if CORPUS_NAMES:
 
     use rule prepare as prepare_corpus with:
-        input:
-            PAT["corpus_raw"],
         output:
             directory(PAT["corpus_prepared"]),
         wildcard_constraints:
@@ -102,11 +103,13 @@ if CORPUS_NAMES:
 # reads them instead of decoding the images again (rib.data.cache). runtime.cache: false turns it off.
 rule cache:
     input:
-        lambda w: prepared(w.dataset),
+        unpack(job_inputs("cache")),
     output:
         directory(PAT["cache"]),
     log:
         f"{LOGS}/cache/{{prep}}/{{dataset}}.log",
+    params:
+        command=job_command("cache"),
     threads: max(1, PARAMS["runtime"]["loader_workers"])
     resources:
         **job_resources("cache"),
@@ -116,5 +119,4 @@ rule cache:
     conda:
         CONDA_ENV
     shell:
-        "python -m rib cache build {wildcards.dataset} --data {input} --prep {wildcards.prep} --out {output} "
-        "> {log} 2>&1"
+        "python -m rib {params.command} > {log} 2>&1"

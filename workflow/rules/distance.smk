@@ -4,10 +4,7 @@
 
 rule distance:
     input:
-        pretrained=PAT["pretrained"],
-        reference=prepared(rib_grid.distance_reference(PARAMS)),
-        data=lambda w: prepared(w.dataset),
-        cache=lambda w: caches(w.model, [rib_grid.distance_reference(PARAMS), w.dataset]),
+        unpack(job_inputs("distance")),
     output:
         PAT["distance"],
     log:
@@ -16,12 +13,11 @@ rule distance:
         bench("distance", "{model}/{dataset}")
     params:
         settings=PARAMS["distance"],
+        command=job_command("distance"),
     threads: THREADS
     resources:
         **job_resources("distance"),
     conda:
         CONDA_ENV
     shell:
-        "python -m rib distance {wildcards.model} {wildcards.dataset} --pretrained {input.pretrained} "
-        "--reference-data {input.reference} --data {input.data} --cache {input.cache} --out {output} "
-        "--threads {threads} > {log} 2>&1"
+        "python -m rib {params.command} --threads {threads} > {log} 2>&1"

@@ -4,9 +4,7 @@
 
 rule evaluate_pretrained:
     input:
-        checkpoint=PAT["pretrained"],
-        data=[prepared(d) for d in EVALS],
-        cache=lambda w: caches(w.model, EVALS),
+        unpack(job_inputs("evaluate_pretrained")),
     output:
         expand(PAT["pretrained_cell"], eval=EVALS, allow_missing=True),
     log:
@@ -15,22 +13,19 @@ rule evaluate_pretrained:
         bench("evaluate_pretrained", "{model}/pretrained")
     params:
         settings=PARAMS["evaluate"],
-        out_dir=lambda w, output: os.path.dirname(output[0]),
+        command=job_command("evaluate_pretrained"),
     threads: THREADS
     resources:
         **job_resources("evaluate"),
     conda:
         CONDA_ENV
     shell:
-        "python -m rib evaluate {input.checkpoint} {input.data} --cache {input.cache} --out-dir {params.out_dir} "
-        "--threads {threads} > {log} 2>&1"
+        "python -m rib {params.command} --threads {threads} > {log} 2>&1"
 
 
 rule evaluate_finetuned:
     input:
-        checkpoint=PAT["finetuned"],
-        data=[prepared(d) for d in EVALS],
-        cache=lambda w: caches(w.model, EVALS),
+        unpack(job_inputs("evaluate_finetuned")),
     output:
         expand(PAT["finetuned_cell"], eval=EVALS, allow_missing=True),
     log:
@@ -39,7 +34,7 @@ rule evaluate_finetuned:
         bench("evaluate_finetuned", "{model}/{method}/{dataset}")
     params:
         settings=PARAMS["evaluate"],
-        out_dir=lambda w, output: os.path.dirname(output[0]),
+        command=job_command("evaluate_finetuned"),
     threads: THREADS
     resources:
         **job_resources("evaluate"),
@@ -48,18 +43,14 @@ rule evaluate_finetuned:
     conda:
         CONDA_ENV
     shell:
-        "python -m rib evaluate {input.checkpoint} {input.data} --cache {input.cache} --out-dir {params.out_dir} "
-        "--threads {threads} > {log} 2>&1"
+        "python -m rib {params.command} --threads {threads} > {log} 2>&1"
 
 
 # Weight-space methods (WiSE-FT, soups, Model Stock): combine finished checkpoints of the same
 # (model, D_ft) without training and evaluate the result(s); one job writes all its cells.
 rule combine:
     input:
-        pretrained=PAT["pretrained"],
-        ingredients=lambda w: [finetuned(w.model, m, w.dataset) for m in rib_methods.trained_ingredients(PARAMS, w.method)],
-        data=[prepared(d) for d in EVALS],
-        cache=lambda w: caches(w.model, EVALS),
+        unpack(job_inputs("combine")),
     output:
         expand(PAT["finetuned_cell"], eval=EVALS, allow_missing=True),
     log:
@@ -69,8 +60,7 @@ rule combine:
     params:
         settings=lambda w: rib_config.method_schedule(PARAMS, w.method),
         evaluate=PARAMS["evaluate"],
-        own=lambda w: prepared(w.dataset),
-        out_dir=lambda w, output: os.path.dirname(output[0]),
+        command=job_command("combine"),
     threads: THREADS
     # WiSE-FT's sweep evaluates a model per alpha: the longest jobs of a grid. Started first among the
     # jobs ready to run, they do not end a run on one busy core while the others idle.
@@ -82,6 +72,4 @@ rule combine:
     conda:
         CONDA_ENV
     shell:
-        "python -m rib combine {wildcards.model} {wildcards.method} {wildcards.dataset} "
-        "--pretrained {input.pretrained} --ingredients {input.ingredients} --data {params.own} "
-        "--cache {input.cache} --out-dir {params.out_dir} --threads {threads} > {log} 2>&1"
+        "python -m rib {params.command} --threads {threads} > {log} 2>&1"

@@ -1,20 +1,17 @@
 # Fine-tuning one pretrained model on the fine-tuning part of one dataset with one training method.
-# Resumable: the training state (params.state, beside the checkpoint) is written after every epoch
+# Resumable: the training state (state.pt, beside the checkpoint) is written after every epoch
 # and, on SIGTERM (SLURM preemption, requeue, time limit), after the step in progress. It is not an
 # output, so Snakemake keeps it when the job fails, and the requeued or retried job (the same
 # command) resumes from it and ends with the weights of an unbroken run. `exec` makes rib the job's
 # process, so a SIGTERM sent to the whole job step reaches rib and does not end the job's shell (and
-# with it the job) before rib has saved. LP-FT's
-# starting checkpoint (its linear probe) and the pretraining-domain images of EWC and MAS are
-# inputs, so the DAG supplies them.
+# with it the job) before rib has saved. LP-FT's starting checkpoint (its linear probe) and the
+# pretraining-domain images of EWC and MAS are inputs of the job (src/rib/jobs.py), so the DAG
+# supplies them.
 
 
 rule finetune:
     input:
-        unpack(finetune_extra_inputs),
-        pretrained=PAT["pretrained"],
-        data=lambda w: prepared(w.dataset),
-        cache=lambda w: caches(w.model, [w.dataset]),
+        unpack(job_inputs("finetune")),
     output:
         PAT["finetuned"],
     log:
@@ -24,8 +21,7 @@ rule finetune:
     params:
         schedule=lambda w: rib_config.method_schedule(PARAMS, w.method),
         seed=PARAMS["seed"],
-        options=finetune_options,
-        state=lambda w: PAT["finetune_state"].format(**w),
+        command=job_command("finetune"),
     threads: THREADS
     resources:
         **job_resources("finetune"),
@@ -34,6 +30,4 @@ rule finetune:
     conda:
         CONDA_ENV
     shell:
-        "exec python -m rib finetune {wildcards.model} {wildcards.method} {wildcards.dataset} "
-        "--pretrained {input.pretrained} --data {input.data}{params.options} --out {output} "
-        "--cache {input.cache} --state {params.state} --threads {threads} > {log} 2>&1"
+        "exec python -m rib {params.command} --threads {threads} > {log} 2>&1"

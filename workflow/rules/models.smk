@@ -5,7 +5,7 @@ if SUITE.synthetic:
 
     rule pretrain:
         input:
-            data=corpus_of,
+            unpack(job_inputs("pretrain")),
         output:
             PAT["pretrained"],
         log:
@@ -15,15 +15,14 @@ if SUITE.synthetic:
         params:
             schedule=PARAMS.get("pretrain"),
             seed=PARAMS["seed"],
-            state=PAT["pretrain_state"],  # resume state: not an output, so a failed job keeps it
+            command=job_command("pretrain"),  # its resume state (beside the output) is not an output: a failed job keeps it
         threads: THREADS
         resources:
             **job_resources("pretrain"),
         conda:
             CONDA_ENV
         shell:
-            "exec python -m rib pretrain {wildcards.model} --data {input.data} --out {output} --state {params.state} "
-            "--threads {threads} > {log} 2>&1"
+            "exec python -m rib {params.command} --threads {threads} > {log} 2>&1"
 
 else:
 
@@ -34,8 +33,9 @@ else:
             f"{LOGS}/fetch_weights/{{model}}.log",
         params:
             local=lambda w: (PARAMS.get("local_models") or {}).get(w.model),  # its file and settings
+            command=job_command("fetch_weights"),
         localrule: True
         conda:
             CONDA_ENV
         shell:
-            "python -m rib models fetch {wildcards.model} --out {output} > {log} 2>&1"
+            "python -m rib {params.command} > {log} 2>&1"

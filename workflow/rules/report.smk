@@ -9,8 +9,7 @@ localrules:
 
 rule aggregate:
     input:
-        cells=[cell.path(SUITE.name) for cell in rib_grid.cells(PARAMS)],
-        distances=[PAT["distance"].format(model=model_slug(m), dataset=d) for m, d in rib_grid.distance_jobs(PARAMS)],
+        **GRAPH.job("aggregate").inputs(),  # every cell and distance of the grid
     output:
         cells=report(PAT["cells"], caption="../report/cells.rst", category="Tables"),
         metrics=report(PAT["metrics"], caption="../report/metrics.rst", category="Tables"),
@@ -33,11 +32,7 @@ rule aggregate:
 
 rule figures:
     input:
-        metrics=PAT["metrics"],
-        summary=PAT["summary"],
-        sweeps=PAT["sweeps"],
-        distances=PAT["distances"],
-        ri_matrix=PAT["ri_matrix"],
+        **GRAPH.job("figures").inputs(),
     output:
         [report(f, caption=f"../report/{Path(f).stem}.rst", category="Figures", subcategory=Path(f).suffix[1:].upper())
          for f in rib_grid.figure_paths(SUITE.name)],
