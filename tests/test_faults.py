@@ -55,19 +55,13 @@ def _rerun_until_done(ws: Path, cmd: list[str], attempts: int) -> list[subproces
 KILLED_STAGES = {"prepare": 0.1, "finetune": 0.1, "evaluate": 0.5, "aggregate": 0.8}  # the first kill's max delay
 
 
-# Seed 11 kills a run from an empty workspace in every step; seed 12 draws again where a kill costs
-# most, training and evaluation, in a copy of the reference with its checkpoints and cells removed.
-@pytest.mark.parametrize("seed, stages", [(11, tuple(KILLED_STAGES)), (12, ("finetune", "evaluate"))],
-                         ids=["seed11-every-step", "seed12-train-and-evaluate"])
-def test_a_run_killed_in_every_step_completes_with_the_same_numbers(reference, tmp_path, seed, stages):
-    ref_ws, expected = reference
-    if "prepare" in stages:
-        ws = faults.make_workspace(tmp_path / "killed")
-    else:
-        ws = tmp_path / "killed"
-        shutil.copytree(ref_ws, ws, symlinks=True)
-        for name in ("results", "checkpoints", "reports"):
-            shutil.rmtree(ws / name)
+# A run from an empty workspace killed in every step (seed 11). More seeds are benchmarks/faults.py's
+# campaign (4 Snakemake and 2 DVC kill chains by default): each costs a rerun of the grid, more
+# than the test suite's 15 minutes allow.
+def test_a_run_killed_in_every_step_completes_with_the_same_numbers(reference, tmp_path):
+    _, expected = reference
+    seed, stages = 11, tuple(KILLED_STAGES)
+    ws = faults.make_workspace(tmp_path / "killed")
     rng = random.Random(seed)
     for stage in stages:
         max_delay = KILLED_STAGES[stage]
