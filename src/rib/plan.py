@@ -27,6 +27,7 @@ import yaml
 
 from . import grid
 from .errors import FormatError, RibError
+from .jobs import Graph, Job
 
 THROUGHPUTS = Path(__file__).resolve().parents[2] / "benchmarks" / "throughputs.yaml"
 
@@ -56,15 +57,6 @@ class PlanError(RibError, ValueError):
 # ----------------------------------------------------------------------------------------------
 # Jobs
 # ----------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Job:
-    rule: str
-    model: str | None = None
-    method: str | None = None
-    dataset: str | None = None
-    prep: str | None = None
-
-
 # Snakemake's order of rules in its job stats (rib plan's rows).
 RULE_ORDER = ("generate", "generate_corpus", "fetch", "prepare", "prepare_corpus", "cache", "pretrain", "fetch_weights",
               "distance", "evaluate_pretrained", "finetune", "combine", "evaluate_finetuned", "aggregate", "figures",
@@ -73,10 +65,7 @@ RULE_ORDER = ("generate", "generate_corpus", "fetch", "prepare", "prepare_corpus
 
 def jobs(params: dict) -> list[Job]:
     """Every job a fresh workspace runs (the job graph's, rib.jobs), in the order of Snakemake's job stats."""
-    from .jobs import Graph
-
-    found = [Job(j.rule, j.model, j.method, j.dataset, j.prep) for j in Graph(params).jobs()]
-    return sorted(found, key=lambda job: RULE_ORDER.index(job.rule))
+    return sorted(Graph(params).jobs(), key=lambda job: RULE_ORDER.index(job.rule))
 
 
 def job_counts(params: dict) -> dict[str, int]:

@@ -67,6 +67,10 @@ class _Defaults:
     def output(self, given) -> str:
         return str(given) if given else self.job.outputs[0]
 
+    def folder(self, given) -> str:
+        """The folder the job writes (an evaluation's or a combination's cells)."""
+        return str(given) if given else self.job.fill(self.job.outs[0])
+
 
 def _torch_setup(params: dict, threads: int | None):
     import torch
@@ -421,16 +425,6 @@ def _write_cells(out_dir, datasets, records, common: dict) -> list[dict]:
     return written
 
 
-def _cell_dir(params: dict, meta: dict, name: str) -> str:
-    """Where the pipeline keeps the cells of a checkpoint."""
-    from . import grid
-
-    if meta.get("kind") != "finetuned":
-        return os.path.dirname(grid.path("pretrained_cell", suite=params["suite"], model=name, eval="x"))
-    return os.path.dirname(grid.path("finetuned_cell", suite=params["suite"], model=name, method=meta["method"],
-                                     dataset=meta["finetune_dataset"], eval="x"))
-
-
 def evaluate(params: Params, checkpoint: PathLike, datasets: list[PathLike] | None = None, *,
              out_dir: PathLike | None = None, cache: list[str] | None = None, threads: int | None = None,
              progress: bool = True) -> list[dict]:
@@ -459,7 +453,9 @@ def evaluate(params: Params, checkpoint: PathLike, datasets: list[PathLike] | No
               "pretrained_sha256": meta.get("pretrained_sha256") or sha256_file(checkpoint),
               "method_settings": meta.get("schedule"), "train_seconds": meta.get("train_seconds"),
               "seed": meta.get("seed", params["seed"]), **provenance(device)}
-    return _write_cells(out_dir or _cell_dir(params, meta, ckpt.name), prepared, records, common)
+    paths = (_Defaults(params, "evaluate_finetuned", model=ckpt.name, method=meta["method"], dataset=finetuned_on)
+             if meta.get("kind") == "finetuned" else _Defaults(params, "evaluate_pretrained", model=ckpt.name))
+    return _write_cells(paths.folder(out_dir), prepared, records, common)
 
 
 def combine(params: Params, model: str, method: str, dataset: str, *, pretrained: PathLike | None = None,
@@ -557,8 +553,7 @@ def combine(params: Params, model: str, method: str, dataset: str, *, pretrained
                                                                              if k != "headline"},
                               "ingredients": sources, **record},
               "seed": params["seed"], **provenance(device)}
-    out_dir = out_dir or paths.job.fill(paths.job.outs[0])
-    return _write_cells(out_dir, prepared, records, common)
+    return _write_cells(paths.folder(out_dir), prepared, records, common)
 
 
 def distance(params: Params, model: str, dataset: str, *, pretrained: PathLike | None = None,
