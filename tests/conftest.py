@@ -121,7 +121,7 @@ def _pretrain(tiny_suite, model: str) -> Path:
     os.chdir(root)
     try:
         assert main(["pretrain", model, "--data", "data/rib-mini/corpora/prepared/narrow", "--out", str(out),
-                     "-q"]) == 0
+                     "--snapshots", str(out.parent / "snapshots"), "-q"]) == 0
     finally:
         os.chdir(cwd)
     return out

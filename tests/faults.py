@@ -42,7 +42,7 @@ STAGES = {
 # Fine-tuning a tiny model takes a fraction of a second; to land inside training rather than in its
 # start-up, a kill aimed at it waits until the job's resume state exists (an epoch is done).
 TRIGGERS = {"finetune": ("checkpoints/*/*/*/*/state.pt", "models/*/*/state.pt")}
-REPORT_TABLES = ("cells.csv", "metrics.csv", "summary.csv", "ri_matrix.csv")
+REPORT_TABLES = ("cells.csv", "metrics.csv", "summary.csv", "ri_matrix.csv", "effective_robustness_cells.csv")
 
 
 def fault_params() -> dict:
@@ -211,17 +211,25 @@ def outputs_left_are_valid(ws: Path) -> list[str]:
     return problems
 
 
+def _numbers(record: dict):
+    """A result file's numbers: a cell's subsets, or the accuracies of each pretraining snapshot."""
+    if "subsets" in record:
+        return record["subsets"]
+    return [(snap["epoch"], snap["top1"]) for snap in record["snapshots"]]
+
+
 def final_results(ws: Path) -> dict:
     """What a run computed: every cell's numbers, the dataset distances, the fine-tuned and pretrained
     weights (a digest of each tensor) and the report tables."""
     import torch
 
-    cells = {str(p.relative_to(ws)): json.loads(p.read_text())["subsets"]
+    cells = {str(p.relative_to(ws)): _numbers(json.loads(p.read_text()))
              for p in sorted((ws / "results").rglob("*.json"))}
     distances = {str(p.relative_to(ws)): json.loads(p.read_text())["otdd"]
                  for p in sorted((ws / "distances").rglob("*.json"))}
     weights = {}
-    for path in sorted([*(ws / "checkpoints").rglob("model.pt"), *(ws / "models").rglob("pretrained.pt")]):
+    for path in sorted([*(ws / "checkpoints").rglob("model.pt"), *(ws / "models").rglob("pretrained.pt"),
+                        *(ws / "models").rglob("epoch-*.pt")]):
         state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
         weights[str(path.relative_to(ws))] = {k: hashlib.sha256(v.contiguous().numpy().tobytes()).hexdigest()
                                               for k, v in state.items()}

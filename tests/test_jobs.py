@@ -46,9 +46,11 @@ def test_the_graph_is_closed_and_every_cell_has_its_writer(tiny):
         assert rule == {"pretrained": "evaluate_pretrained", "train": "evaluate_finetuned", "weights": "combine"}[kind]
     # what verify rebuilds: checkpoints, caches, cells, distances (no datasets, no reports)
     rebuild = graph.rebuildable_outputs()
-    assert {writers[p] for p in rebuild} == {"cache", "pretrain", "finetune", "evaluate_pretrained",
+    assert {writers[p] for p in rebuild} == {"cache", "pretrain", "finetune", "evaluate_pretrained", "evaluate_snapshots",
                                              "evaluate_finetuned", "combine", "distance"}
-    assert len([p for p in rebuild if p.startswith("results/")]) == len(list(grid.cells(tiny)))
+    snapshot_records = [grid.path("snapshot_cells", suite=tiny["suite"], model=m) for m in grid.snapshot_models(tiny)]
+    assert snapshot_records and set(snapshot_records) <= rebuild  # the tiny grid keeps pretraining snapshots
+    assert len([p for p in rebuild if p.startswith("results/")]) == len(list(grid.cells(tiny))) + len(snapshot_records)
 
 
 def test_lp_ft_and_ewc_read_what_they_start_from(tiny):

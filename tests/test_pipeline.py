@@ -48,7 +48,8 @@ def git(cwd: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def cell_numbers(ws: Path) -> dict[str, dict]:
-    return {str(p.relative_to(ws)): json.loads(p.read_text())["subsets"] for p in sorted((ws / "results").rglob("*.json"))}
+    return {str(p.relative_to(ws)): faults._numbers(json.loads(p.read_text()))
+            for p in sorted((ws / "results").rglob("*.json"))}
 
 
 @pytest.fixture(scope="module")
@@ -64,13 +65,15 @@ def test_snakemake_runs_the_whole_tiny_grid(snakemake_run):
     # 1 model x 2 datasets x every method: 10 trained entries (9 methods + Model Stock's second FT run),
     # 9 of them evaluated as table rows, 4 weight-space methods; 3 evaluation datasets and 1 corpus
     assert counts == {"generate": 3, "generate_corpus": 1, "prepare": 3, "prepare_corpus": 1, "cache": 3, "pretrain": 1,
-                      "finetune": 20, "evaluate_pretrained": 1, "evaluate_finetuned": 18, "combine": 8,
+                      "finetune": 20, "evaluate_pretrained": 1, "evaluate_snapshots": 1, "evaluate_finetuned": 18, "combine": 8,
                       "distance": 2, "aggregate": 1, "figures": 1, "usage": 1, "all": 1}
     reports = ws / "reports" / "rib-mini"
     for name in ("cells.csv", "metrics.csv", "summary.csv", "summary.md", "summary.tex", "summary_by_method.csv",
-                 "sweeps.csv", "ri_matrix.csv", "imagenet_c.csv", "distances.csv", "metrics.json"):
+                 "sweeps.csv", "ri_matrix.csv", "imagenet_c.csv", "distances.csv", "metrics.json",
+                 "effective_robustness.csv", "effective_robustness_cells.csv", "effective_robustness.md",
+                 "effective_robustness.tex", "baseline.csv", "baseline_lines.csv"):
         assert (reports / name).stat().st_size > 0, name
-    for figure in ("radar", "bar", "ri_heatmap", "ood_scatter", "wise_curve", "otdd_scatter"):
+    for figure in ("radar", "bar", "ri_heatmap", "ood_scatter", "wise_curve", "otdd_scatter", "effective_robustness"):
         assert (reports / "figures" / f"{figure}.png").read_bytes()[:4] == b"\x89PNG", figure
         assert (reports / "figures" / f"{figure}.pdf").read_bytes()[:4] == b"%PDF", figure
     # Snakemake's benchmark of every compute job, per rule; the jobs ran in forks of the rib server,
@@ -128,6 +131,32 @@ def test_snakemake_runs_the_whole_tiny_grid(snakemake_run):
     soup = json.loads((ws / "results/rib-mini/mini_vit.narrow/greedy_soup/c/source.json").read_text())
     assert soup["combination"]["greedy_trail"][0]["added"] and soup["checkpoint"] is None
     assert set(soup["combination"]["ingredients"]) == {"ft", "lp_ft", "ewc", "ewc_fisher"}
+    # Effective robustness: the logit line through the pretrained model and its 3 pretraining
+    # snapshots (epochs 2, 3, 4 of 6), refit here from the cell and snapshot files, and FT's
+    # effective robustness on c (D_ft sketch) before and after from it
+    import numpy as np
+
+    snaps = json.loads((ws / "results/rib-mini/mini_vit.narrow/snapshots.json").read_text())["snapshots"]
+    assert [s["epoch"] for s in snaps] == [2, 3, 4]
+    assert sorted(p.name for p in (ws / "models/rib-mini/mini_vit.narrow/snapshots").glob("*.pt")) == [
+        "epoch-2.pt", "epoch-3.pt", "epoch-4.pt"]
+    logit = lambda a: np.log(np.clip(a, 1e-4, 1 - 1e-4) / (1 - np.clip(a, 1e-4, 1 - 1e-4)))  # noqa: E731
+    xs = [pre["source"]["top1"], *(s["top1"]["source"] for s in snaps)]
+    ys = [pre["c"]["top1"], *(s["top1"]["c"] for s in snaps)]
+    slope, intercept = np.polyfit(logit(np.array(xs)), logit(np.array(ys)), 1)
+    lines = pd.read_csv(reports / "baseline_lines.csv").set_index("eval_dataset")
+    assert lines.loc["c", "slope"] == pytest.approx(slope, abs=1e-3) and lines.loc["c", "n_points"] == 4
+    on_sketch = {p.stem: json.loads(p.read_text()) for p in (ws / "results/rib-mini/mini_vit.narrow/ft/sketch").glob("*.json")}
+
+    def er(id_acc, ood_acc):
+        return 100 * (ood_acc - 1 / (1 + np.exp(-(slope * logit(id_acc) + intercept))))
+
+    robust = pd.read_csv(reports / "effective_robustness.csv").set_index(["method", "finetune_dataset"])
+    assert robust.loc[("ft", "sketch"), "er_pre"] == pytest.approx(er(pre["source"]["top1"], pre["c"]["top1"]), abs=1e-2)
+    assert robust.loc[("ft", "sketch"), "er_ft"] == pytest.approx(er(on_sketch["source"]["top1"], on_sketch["c"]["top1"]),
+                                                                  abs=1e-2)
+    assert len(robust) == 13 * 2 and robust.er_ft.notna().all()
+    assert "3 intermediate pretraining snapshot(s) of mini_vit.narrow" in (reports / "effective_robustness.md").read_text()
     # Both protocols (split.leak_free): c shares its photos with source, sketch with nothing.
     assert "## Leak-free protocol" in (reports / "summary.md").read_text()
     assert {"mri", "mri_leak_free"} <= set(by_method.columns)
@@ -176,7 +205,8 @@ def test_report_and_one_cell_lookup(snakemake_run):
     html = (ws / "report.html").read_text()
     assert len(html) > 100_000
     for name in ("radar.png", "bar.png", "ri_heatmap.pdf", "ood_scatter.png", "wise_curve.png", "otdd_scatter.png",
-                 "summary_by_method.csv", "imagenet_c.csv", "distances.csv"):  # every figure is in the report
+                 "effective_robustness.png", "summary_by_method.csv", "imagenet_c.csv", "distances.csv",
+                 "effective_robustness.csv", "baseline_lines.csv"):  # every figure is in the report
         assert name in html, name
     assert "Points below the diagonal lost" in html  # a caption
     out = run_rib("cell", "mini_vit.narrow", "lp_ft", "c", "sketch", cwd=ws).stdout
@@ -248,7 +278,8 @@ def test_dvc_repro_killed_and_rerun_gives_the_same_numbers_and_then_reruns_nothi
     assert faults.outputs_left_are_valid(dws) == []
     run(served, dws)
     cells = cell_numbers(dws)
-    assert len(cells) == 3 + 2 * 2 * 3  # pretrained + (ft, wise_ft) x 2 D_ft, on 3 evaluation sets
+    # pretrained + (ft, wise_ft) x 2 D_ft, on 3 evaluation sets, and the pretraining snapshots' record
+    assert len(cells) == 3 + 2 * 2 * 3 + 1
     assert cells == {name: numbers for name, numbers in cell_numbers(ws).items() if name in cells}
     for table in ("metrics.csv", "summary.csv"):  # the rows of these methods, as the Snakemake run wrote them
         header, *rows = (dws / "reports/rib-mini" / table).read_text().splitlines()
@@ -402,8 +433,11 @@ def test_the_figures_plot_the_tables_values(snakemake_run, monkeypatch, tmp_path
     monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.__setitem__(path("png").split("/")[-1][:-4], fig))
     reports = ws / "reports/rib-mini"
     tables = {name: str(reports / f"{name}.csv") for name in ("metrics", "summary", "sweeps", "distances", "ri_matrix")}
+    tables.update(robustness_cells=str(reports / "effective_robustness_cells.csv"),
+                  baseline=str(reports / "baseline.csv"), baseline_lines=str(reports / "baseline_lines.csv"))
     figures.draw_all(tables, {"focus_dataset": "sketch", "focus_method": "ft"}, lambda n, e: f"{tmp_path}/{n}.{e}")
-    assert set(drawn) == {"radar", "bar", "ri_heatmap", "ood_scatter", "wise_curve", "otdd_scatter"}
+    assert set(drawn) == {"radar", "bar", "ri_heatmap", "ood_scatter", "wise_curve", "otdd_scatter",
+                          "effective_robustness"}
     metrics, summary = pd.read_csv(tables["metrics"]), pd.read_csv(tables["summary"])
     sweeps, distances = pd.read_csv(tables["sweeps"]), pd.read_csv(tables["distances"])
     # radar: pretrained and after-FT accuracy on each evaluation dataset, FT on sketch
@@ -429,3 +463,18 @@ def test_the_figures_plot_the_tables_values(snakemake_run, monkeypatch, tmp_path
     # OTDD against the source accuracy FT lost
     points = drawn["otdd_scatter"].axes[0].collections[0].get_offsets()
     assert np.allclose(points, distances[["otdd", "source_drop_ft"]].to_numpy(float))
+    # effective robustness (D_ft sketch: one panel, c): the baseline points and each method's fine-tuned
+    # point on logit axes, the line from the table, the title saying what it was fit on
+    from rib.robustness import transform
+
+    ax = drawn["effective_robustness"].axes[0]
+    base = pd.read_csv(tables["baseline"])
+    plotted = np.concatenate([c.get_offsets() for c in ax.collections])
+    expected = [(transform(a / 100), transform(b / 100)) for a, b in zip(base.source, base.c)]
+    expected += [(transform(r.id_ft / 100), transform(r.ood_ft / 100)) for r in pd.read_csv(
+        tables["robustness_cells"]).query("finetune_dataset == 'sketch' and eval_dataset == 'c'").itertuples()]
+    assert sorted(map(tuple, np.round(plotted, 6))) == sorted(tuple(np.round(p, 6)) for p in expected)
+    line = pd.read_csv(tables["baseline_lines"]).set_index("eval_dataset").loc["c"]
+    dashed = [ln for ln in ax.lines if ln.get_linestyle() == "--"][0]
+    assert np.allclose(dashed.get_ydata(), line.slope * dashed.get_xdata() + line.intercept)
+    assert "pretraining snapshot" in drawn["effective_robustness"]._suptitle.get_text()

@@ -27,10 +27,10 @@ def test_job_counts_are_those_of_snakemake_dry_runs(default_params, tiny_params)
     # `snakemake -n` for params.yaml and tests/tiny-params.yaml (without its target rule all)
     assert job_counts(validate(default_params)) == {
         "generate": 9, "generate_corpus": 2, "prepare": 9, "prepare_corpus": 2, "cache": 9, "pretrain": 2,
-        "distance": 16, "evaluate_pretrained": 2, "finetune": 192, "combine": 64, "evaluate_finetuned": 176, **AFTER}
+        "distance": 16, "evaluate_pretrained": 2, "evaluate_snapshots": 2, "finetune": 192, "combine": 64, "evaluate_finetuned": 176, **AFTER}
     assert job_counts(validate(tiny_params)) == {
         "generate": 3, "generate_corpus": 1, "prepare": 3, "prepare_corpus": 1, "cache": 3, "pretrain": 1,
-        "distance": 2, "evaluate_pretrained": 1, "finetune": 20, "combine": 8, "evaluate_finetuned": 18, **AFTER}
+        "distance": 2, "evaluate_pretrained": 1, "evaluate_snapshots": 1, "finetune": 20, "combine": 8, "evaluate_finetuned": 18, **AFTER}
 
 
 def _rows(plan, rule=None) -> dict:

@@ -92,3 +92,47 @@ def test_a_bad_reference_table_is_one_line_naming_the_place(tmp_path, text, mess
     with pytest.raises(FormatError, match=message) as err:
         read_reference(table)
     assert str(err.value).startswith(str(table)) and "\n" not in str(err.value)
+
+
+def _cells(rows):
+    import pandas as pd
+
+    return pd.DataFrame([dict(zip(("model", "method", "finetune_dataset", "eval_dataset", "role", "top1", "heldout_top1"),
+                                  r)) for r in rows])
+
+
+def test_the_tables_before_and_after_fine_tuning_by_hand():
+    from rib.robustness import baseline_points, fit_description, tables
+
+    # On x: logit(OOD) = 0.5 logit(ID) - 1 through the pretrained model (ID 50 %) and two snapshots;
+    # dataset z has the pretrained model's point only: no line there.
+    on_line = {"source": 0.5, "x": sigmoid(-1), "y": 0.4}
+    snapshots = [{"model": "m", "snapshots": [
+        {"epoch": e, "epochs": 4, "top1": {"source": sigmoid(x), "x": sigmoid(0.5 * x - 1)}} for e, x in ((1, -2.0),
+                                                                                                      (2, -1.0))]}]
+    points = baseline_points({"m": on_line}, snapshots, {"published": {"source": sigmoid(2.0), "x": sigmoid(0.0)}})
+    assert [p["kind"] for p in points] == ["pretrained", "snapshot", "snapshot", "reference"]
+    assert points[1]["label"] == "m @ epoch 1/4"
+    assert fit_description(points) == ("1 pretrained model(s) of the grid + 2 intermediate pretraining snapshot(s) of "
+                                       "m + 1 reference model(s)")
+    cells = _cells([
+        ("m", "pretrained", "", "source", "source", 0.5, 0.5), ("m", "pretrained", "", "x", "ood", sigmoid(-1), 0.1),
+        ("m", "pretrained", "", "y", "ood", 0.4, 0.3),
+        # FT on y: ID stays at 50 %, x rises to 50 %: 23.11 points above the line; y (its D_ft) by its held-out part
+        ("m", "ft", "y", "source", "source", 0.5, 0.5), ("m", "ft", "y", "x", "ood", 0.5, 0.9),
+        ("m", "ft", "y", "y", "finetune", 0.95, 0.8)])
+    out = tables(cells, points, "source", ["x", "y"])
+    lines = out["baseline_lines"].set_index("eval_dataset")
+    assert lines.loc["x", "slope"] == pytest.approx(0.5) and lines.loc["x", "n_points"] == 4
+    assert math.isnan(lines.loc["y", "slope"]) and "at least 3 models" in lines.loc["y", "note"]
+    rows = out["robustness_cells"].set_index("eval_dataset")
+    assert rows.loc["x", "er_pre"] == pytest.approx(0.0, abs=1e-9)
+    assert rows.loc["x", "er_ft"] == pytest.approx(23.10586, abs=1e-4)
+    assert rows.loc["x", "expected_ft"] == pytest.approx(26.89414, abs=1e-4)
+    assert (rows.loc["y", "role"], rows.loc["y", "ood_pre"], rows.loc["y", "ood_ft"]) == ("finetune", 30.0, 80.0)
+    assert math.isnan(rows.loc["y", "er_ft"])
+    summary = out["robustness"].iloc[0]  # the mean over OOD datasets that have a line: x alone
+    assert (summary.n_ood, summary.er_change) == (1, pytest.approx(23.10586, abs=1e-4))
+    base = out["baseline"]
+    assert list(base.columns) == ["label", "kind", "model", "epoch", "source", "x", "y"]
+    assert base.epoch.tolist()[1:3] == [1, 2] and math.isnan(base.y[1])

@@ -312,3 +312,36 @@ def test_dataloader_workers_serve_every_epoch_and_give_the_same_weights(in_tiny_
     assert [s[:, 1].tolist() for s in served] == orders  # each epoch in its own order
     pids = {int(p) for s in served for p in s[:, 0]}
     assert len(pids) == 2 and os.getpid() not in pids  # the same two workers for every epoch
+
+
+def test_pretraining_snapshots_survive_a_stop_and_are_evaluated(in_tiny_suite, tiny_pretrained, tmp_path):
+    """robustness.snapshots: the tiny grid's 6 pretraining epochs keep epochs 2, 3 and 4; a run stopped
+    after epoch 3 and resumed keeps the same snapshots, bit for bit, and rewrites none it kept."""
+    from rib import steps
+
+    root, params = in_tiny_suite
+    kept = Path(tiny_pretrained).parent / "snapshots"
+    assert sorted(p.name for p in kept.glob("*.pt")) == ["epoch-2.pt", "epoch-3.pt", "epoch-4.pt"]
+    snap = network.load(kept / "epoch-3.pt")
+    assert (snap.meta["kind"], snap.meta["epoch"], snap.meta["epochs"]) == ("snapshot", 3, 6)
+    out, folder = tmp_path / "pretrained.pt", tmp_path / "snapshots"
+    (folder).mkdir()
+    (folder / "epoch-5.pt").write_bytes(b"from another setting")  # not one of this run's epochs: removed
+    with pytest.raises(TrainingStopped):
+        steps.pretrain(params, "mini_resnet.narrow", data="data/rib-mini/corpora/prepared/narrow", out=out,
+                       snapshots=folder, progress=False, stop_after_epoch=3)
+    assert sorted(p.name for p in folder.glob("*.pt")) == ["epoch-2.pt", "epoch-3.pt"]
+    written = (folder / "epoch-2.pt").stat().st_mtime_ns
+    steps.pretrain(params, "mini_resnet.narrow", data="data/rib-mini/corpora/prepared/narrow", out=out,
+                   snapshots=folder, progress=False)
+    assert (folder / "epoch-2.pt").stat().st_mtime_ns == written
+    for name in ("epoch-2.pt", "epoch-3.pt", "epoch-4.pt"):
+        a, b = network.load(kept / name).model.state_dict(), network.load(folder / name).model.state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    # evaluated on every dataset of the grid: one point per snapshot
+    record = steps.evaluate_snapshots(params, kept, out=tmp_path / "snapshots.json", progress=False)
+    assert [p["epoch"] for p in record["snapshots"]] == [2, 3, 4]
+    assert all(set(p["top1"]) == {"source", "sketch", "c"} for p in record["snapshots"])
+    assert json.loads((tmp_path / "snapshots.json").read_text())["model"] == "mini_resnet.narrow"
+    with pytest.raises(Exception, match="no such folder of pretraining snapshots"):
+        steps.evaluate_snapshots(params, tmp_path / "nowhere", out=tmp_path / "x.json")

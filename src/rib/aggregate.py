@@ -15,6 +15,10 @@
   each method lost on the pretraining domain.
 * ``summary.tex``: the per-method and per-D_ft tables in LaTeX (booktabs); ``metrics.json``: the
   per-method summary for ``dvc metrics show``.
+* ``effective_robustness.csv`` (per model, method, D_ft), ``effective_robustness_cells.csv`` (per
+  evaluation dataset), ``.md`` and ``.tex``: effective robustness before and after fine-tuning;
+  ``baseline.csv`` and ``baseline_lines.csv``: the baseline points and the lines fit on them
+  (:mod:`rib.robustness`).
 
 Tables give accuracies in percent.
 """
@@ -233,8 +237,56 @@ def leak_free_table(summary: pd.DataFrame) -> pd.DataFrame:
     return summary[["model", "method", "finetune_dataset", *LEAK_FREE_COLUMNS, "mri"]]
 
 
+def robustness_tables(params: dict, cells: pd.DataFrame, root: str | os.PathLike = ".") -> dict:
+    """Effective robustness before and after fine-tuning (:func:`rib.robustness.tables`), its
+    baseline fit on the grid's pretrained models, their pretraining snapshots (``rib
+    evaluate-snapshots``) and the reference models of ``robustness.reference``."""
+    from . import robustness
+    from .config import robustness_settings
+
+    settings = robustness_settings(params)
+    source = params["grid"]["source"]
+    pre = cells[cells.method == grid.PRETRAINED]
+    pretrained = {m: dict(zip(g.eval_dataset, g.top1)) for m, g in pre.groupby("model", sort=False)}
+    snapshots = [read_record(Path(root) / grid.path("snapshot_cells", suite=params["suite"], model=m))
+                 for m in grid.snapshot_models(params)]
+    reference = robustness.read_reference(settings["reference"]) if settings["reference"] else None
+    if reference is not None and not any(source in acc for acc in reference.values()):
+        raise ValueError(f"{settings['reference']}: no model has a {source!r} column (grid.source: the "
+                         "pretraining-domain accuracy every baseline point needs)")
+    points = robustness.baseline_points(pretrained, snapshots, reference)
+    out = robustness.tables(cells, points, source, params["grid"]["datasets"], settings["scale"])
+    out["fit_on"] = robustness.fit_description(points)
+    out["scale"] = settings["scale"]
+    return out
+
+
+def robustness_text(er: dict, suite: str) -> tuple[str, str]:
+    """effective_robustness.md and .tex: what the lines were fit on, the lines, and effective
+    robustness before and after per method (mean over D_ft) and per D_ft."""
+    summary = er["robustness"]
+    by_method = summary.groupby(["model", "method"], sort=False)[["id_pre", "id_ft", "er_pre", "er_ft", "er_change"]]
+    by_method = by_method.mean().reset_index()
+    lines = er["baseline_lines"]
+    about = (f"Effective robustness (Taori et al. 2020): OOD accuracy minus the accuracy that the baseline line "
+             f"predicts from pretraining-domain (ID) accuracy; the lines are fit on {er['scale']} axes, per "
+             f"evaluation dataset, on {er['fit_on']}. `er_pre`/`er_ft`: before and after fine-tuning, mean over D "
+             "minus D_ft, in points; `id_*`: pretraining-domain accuracy (%).")
+    md = (f"# Effective robustness: suite {suite}\n\n{about}\n\n## Baseline lines\n\n"
+          + to_markdown(lines, digits=3)
+          + "\n## Per pretrained model and method (mean over fine-tuning datasets)\n\n" + to_markdown(by_method)
+          + "\n## Per fine-tuning dataset\n\n" + to_markdown(summary))
+    tex = (to_latex(lines.drop(columns=["fit_on"]), f"Baseline lines of effective robustness ({er['scale']} axes), "
+                    f"fit on {er['fit_on']}.", "tab:rib-baseline", digits=3)
+           + "\n" + to_latex(by_method, "Effective robustness (points) before and after fine-tuning, mean over "
+                             "fine-tuning datasets.", "tab:rib-er-methods")
+           + "\n" + to_latex(summary, "Effective robustness (points) per fine-tuning dataset.", "tab:rib-er-datasets"))
+    return md, tex
+
+
 def write_tables(params: dict, out_paths: dict[str, str], root: str | os.PathLike = ".") -> dict[str, pd.DataFrame]:
     cells = collect(params, root)
+    er = robustness_tables(params, cells, root)  # first: a bad reference table stops before any table is written
     table = metrics_table(cells, photo_families(params))
     summary = summary_table(table)
     paper_summary = summary.drop(columns=["n_ood", *LEAK_FREE_COLUMNS], errors="ignore")
@@ -278,5 +330,11 @@ def write_tables(params: dict, out_paths: dict[str, str], root: str | os.PathLik
           + to_markdown(distances))
     with atomic_path(out_paths["summary_md"]) as tmp:
         tmp.write_text(md)
-    return {"cells": cells, "metrics": table, "summary": summary, "methods_summary": by_method, "sweeps": sweeps,
+    for key in ("robustness", "robustness_cells", "baseline", "baseline_lines"):
+        write_csv(er[key], out_paths[key])
+    er_md, er_tex = robustness_text(er, params["suite"])
+    for key, text in (("robustness_md", er_md), ("robustness_tex", er_tex)):
+        with atomic_path(out_paths[key]) as tmp:
+            tmp.write_text(text)
+    return {**{k: er[k] for k in ("robustness", "robustness_cells", "baseline", "baseline_lines")},"cells": cells, "metrics": table, "summary": summary, "methods_summary": by_method, "sweeps": sweeps,
             "ri_matrix": matrix, "corruptions": corruption, "distances": distances}

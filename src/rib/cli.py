@@ -139,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("pretrain", parents=[common, torch_opts, train_opts], help="pretrain a rib-mini model")
     s.add_argument("model")
-    s.set_defaults(func=lambda a, p: _ok(steps.pretrain(p, a.model, **_train(a))))
+    s.add_argument("--snapshots", default=None, help="folder for the intermediate epochs' snapshots (robustness.snapshots)")
+    s.set_defaults(func=lambda a, p: _ok(steps.pretrain(p, a.model, snapshots=a.snapshots, **_train(a))))
 
     s = sub.add_parser("finetune", parents=[common, torch_opts, train_opts, cache_opts],
                        help="fine-tune a pretrained model on one dataset with one method")
@@ -161,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prepared dataset folders (default: the source set and every dataset of grid.datasets)")
     s.add_argument("--out-dir", required=True)
     s.set_defaults(func=lambda a, p: _ok(steps.evaluate(p, a.checkpoint, a.datasets, out_dir=a.out_dir, **_io(a))))
+
+    s = sub.add_parser("evaluate-snapshots", parents=[common, torch_opts, cache_opts],
+                       help="evaluate a model's pretraining snapshots on every dataset (effective robustness's baseline)")
+    s.add_argument("snapshots", help="the snapshots' folder (models/<suite>/<model>/snapshots)")
+    s.add_argument("--out", required=True, help="JSON file to write")
+    s.set_defaults(func=lambda a, p: _ok(steps.evaluate_snapshots(p, a.snapshots, out=a.out, **_io(a))))
 
     s = sub.add_parser("combine", parents=[common, torch_opts, cache_opts],
                        help="a weight-space method (WiSE-FT, soups, Model Stock): combine checkpoints and evaluate")

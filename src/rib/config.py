@@ -123,6 +123,11 @@ def _check_names(params: dict) -> None:
         slugs[spec.slug] = i
     if params.get("local_models") and suite.synthetic:
         raise ConfigError(f"local_models: suite {suite.name!r} has its own label space; local models need imagenet-rib")
+    from .plugins import model_origin
+
+    for name in params.get("local_models") or {}:
+        if model_origin(suite.name, name) is not None:
+            raise ConfigError(f"local_models.{name}: also the name of a model of {model_origin(suite.name, name)}")
     if suite.synthetic:
         from .models.registry import MINI_ARCHS
 
@@ -131,7 +136,7 @@ def _check_names(params: dict) -> None:
                 raise ConfigError(f"pretrain.architectures[{i}]: unknown architecture {arch!r}{_close(arch, MINI_ARCHS)}")
         pretrained = pretrained_models(params)
         for i, name in enumerate(params["grid"]["models"]):
-            if name not in pretrained:
+            if get_model(name, params).source == "pretrain" and name not in pretrained:  # plugins': fetched
                 arch, _, corpus = name.partition(".")
                 raise ConfigError(f"grid.models[{i}]: {name!r} is not pretrained by this configuration; add "
                                   f"{arch!r} to pretrain.architectures and {corpus!r} to pretrain.corpora")
@@ -207,8 +212,11 @@ def _check_methods(params: dict) -> None:
                               "with `method:` to give an entry another name)")
         error = best_match(_method_validator(impl).iter_errors(settings))
         if error is not None:
+            from .plugins import method_origin
+
             error.path.extendleft(["methods", key][::-1])
-            raise ConfigError(_format_schema_error(error))
+            origin = method_origin(impl)
+            raise ConfigError(_format_schema_error(error) + (f" (method {impl!r} of {origin})" if origin else ""))
     for key in entries:
         info = entry_info(params, key)
         config = entry_config(params, key)
@@ -267,6 +275,9 @@ def validate(params: Any, source: str = DEFAULT_PARAMS) -> dict:
     if error is not None:
         raise ConfigError(f"{source}: {_format_schema_error(error)}")
     try:
+        from . import plugins
+
+        plugins.load(params)  # entry points and params' plugins: the datasets, models and methods they add
         _check_names(params)
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None
@@ -301,6 +312,23 @@ def method_schedule(params: dict, entry: str) -> dict:
     from .methods import entry_config
 
     return entry_config(params, entry)
+
+
+# robustness: effective robustness's settings, where params leave them out (rib.robustness).
+ROBUSTNESS_DEFAULTS = {"scale": "logit", "snapshots": 3, "reference": None}
+
+
+def robustness_settings(params: dict) -> dict:
+    return {**ROBUSTNESS_DEFAULTS, **(params.get("robustness") or {})}
+
+
+def snapshot_epochs(params: dict, corpus: str) -> list[int]:
+    """The intermediate epochs at which pretraining on ``corpus`` keeps a snapshot of the model:
+    ``robustness.snapshots`` of them, evenly spread before the last (fewer where pretraining has
+    fewer epochs)."""
+    count = robustness_settings(params)["snapshots"]
+    epochs = params["pretrain"]["epochs"][corpus]
+    return sorted({max(1, round(epochs * k / (count + 1))) for k in range(1, count + 1)} - {epochs})
 
 
 JOB_KINDS = ("generate", "prepare", "cache", "pretrain", "finetune", "evaluate", "combine", "distance")

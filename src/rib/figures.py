@@ -11,6 +11,9 @@
 * WiSE-FT curve: average OOD accuracy against D_ft (held-out) accuracy over the mixing weights.
 * OTDD scatter: dataset distance to the pretraining domain against the pretraining-domain accuracy
   the focus method lost, one point per (model, D_ft).
+* Effective robustness: OOD against pretraining-domain accuracy on logit axes, one panel per OOD
+  dataset, the baseline line and its points, an arrow from pretrained to fine-tuned per method
+  (focus dataset).
 
 Every figure is written as PNG and PDF.
 """
@@ -26,6 +29,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from .grid import FIGURE_FORMATS, FIGURES
 from .io import atomic_path
 
 PRE_COLOR = "#7f7f7f"
@@ -200,6 +204,95 @@ def otdd_scatter(distances: pd.DataFrame, method: str, path) -> None:
     _save(fig, path)
 
 
+def _percent_ticks(ax, lo: float, hi: float, scale: str, axis: str) -> None:
+    """Ticks at round accuracies on a logit or probit axis spanning [lo, hi] (axis values)."""
+    from .robustness import inverse, transform
+
+    marks = [0.1, 0.5, 1, 2, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 98, 99, 99.5, 99.9]
+    inside = [m for m in marks if lo <= transform(m / 100, scale) <= hi]
+    if len(inside) < 2:  # a narrow range: its two ends
+        inside = [100 * inverse(lo, scale), 100 * inverse(hi, scale)]
+    getattr(ax, f"set_{axis}ticks")([transform(m / 100, scale) for m in inside])
+    getattr(ax, f"set_{axis}ticklabels")([f"{m:g}" if m >= 1 else f"{m:.1f}" for m in inside], fontsize=7)
+
+
+def effective_robustness(cells: pd.DataFrame, baseline: pd.DataFrame, lines: pd.DataFrame, dataset: str,
+                         path) -> None:
+    """The classic scatter of OOD against ID (pretraining-domain) accuracy on logit (or probit)
+    axes, one panel per OOD dataset: the baseline points and the line fit on them, and an arrow from
+    each pretrained model to each method's fine-tuned model on ``dataset``. Points above the line
+    are effectively robust; an arrow that ends further below it than it started lost robustness
+    beyond what the change in ID accuracy explains."""
+    from .robustness import fit_description, transform
+
+    sel = cells[cells.finetune_dataset == dataset]
+    if sel.empty:
+        raise ValueError(f"effective robustness: no results for fine-tuning dataset {dataset!r}")
+    scale = lines.scale.iloc[0] if len(lines) else "logit"
+    panels = [d for d in lines.eval_dataset if d != dataset]
+    id_col = baseline.columns[4]  # the ID dataset: the first accuracy column
+    methods = list(dict.fromkeys(sel.method))
+    models = list(dict.fromkeys(sel.model))
+    cols = min(len(panels), 4)
+    rows = int(np.ceil(len(panels) / cols))
+    fig, axs = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.2 * rows + 0.9), squeeze=False)
+
+    def t(values):
+        return np.array([transform(min(max(v / 100, 0.0), 1.0), scale) for v in values])
+
+    for ax, ev in zip(axs.flat, panels):
+        base = baseline[baseline[id_col].notna() & baseline[ev].notna()]
+        arrows = sel[sel.eval_dataset == ev]
+        xs = np.concatenate([t(base[id_col]), t(arrows.id_pre), t(arrows.id_ft)])
+        ys = np.concatenate([t(base[ev]), t(arrows.ood_pre), t(arrows.ood_ft)])
+        for kind, style in (("snapshot", dict(marker="o", s=12, color="#b0b0b0", label="pretraining snapshot")),
+                            ("reference", dict(marker="x", s=18, color="#606060", label="reference model")),
+                            ("pretrained", dict(marker="o", s=34, facecolor="white", edgecolor="black",
+                                                label="pretrained (grid)"))):
+            b = base[base.kind == kind]
+            if len(b):
+                ax.scatter(t(b[id_col]), t(b[ev]), zorder=3, **style)
+        row = lines[lines.eval_dataset == ev].iloc[0]
+        pad = 0.15 * max(np.ptp(xs), np.ptp(ys), 0.5)
+        x_lo, x_hi, y_lo, y_hi = xs.min() - pad, xs.max() + pad, ys.min() - pad, ys.max() + pad
+        if pd.notna(row.slope):
+            grid_x = np.linspace(x_lo, x_hi, 50)
+            ax.plot(grid_x, row.slope * grid_x + row.intercept, color="black", lw=1, ls="--", zorder=2,
+                    label="baseline line")
+            ax.set_title(f"{ev}  (R$^2$ {row.r2:.2f}, {int(row.n_points)} points)", fontsize=9)
+        else:
+            ax.set_title(f"{ev}  (no line: {int(len(base))} point(s))", fontsize=9)
+        for i, method in enumerate(methods):
+            color = METHOD_COLORS[i % len(METHOD_COLORS)]
+            for r in arrows[arrows.method == method].itertuples(index=False):
+                start, end = t([r.id_pre, r.ood_pre]), t([r.id_ft, r.ood_ft])
+                ax.annotate("", xy=tuple(end), xytext=tuple(start), zorder=4,
+                            arrowprops=dict(arrowstyle="-|>", color=color, lw=0.9, shrinkA=2, shrinkB=0,
+                                            mutation_scale=7))
+                ax.scatter(*end, s=14, color=color, marker=MARKERS[models.index(r.model) % len(MARKERS)], zorder=5)
+        ax.set_xlim(x_lo, x_hi)
+        ax.set_ylim(y_lo, y_hi)
+        _percent_ticks(ax, x_lo, x_hi, scale, "x")
+        _percent_ticks(ax, y_lo, y_hi, scale, "y")
+        ax.grid(alpha=0.3)
+        ax.set_xlabel(f"{id_col} accuracy (%, {scale})", fontsize=8)
+        ax.set_ylabel(f"{ev} accuracy (%, {scale})", fontsize=8)
+    for ax in list(axs.flat)[len(panels):]:
+        ax.axis("off")
+    handles, labels = axs.flat[0].get_legend_handles_labels()
+    handles += [plt.Line2D([], [], color=METHOD_COLORS[i % len(METHOD_COLORS)], lw=2) for i in range(len(methods))]
+    labels += [f"after {m}" for m in methods]
+    handles += [plt.Line2D([], [], ls="", marker=MARKERS[i % len(MARKERS)], color="black") for i in range(len(models))]
+    labels += models
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=7, frameon=False,
+               bbox_to_anchor=(0.5, 0.0))
+    fitted_on = fit_description(baseline.to_dict("records"))
+    fig.suptitle(f"Effective robustness: fine-tuned on {dataset}, arrows from pretrained to fine-tuned\n"
+                 f"baseline line per dataset ({scale} axes) fit on {fitted_on}", fontsize=9)
+    fig.tight_layout(rect=(0, 0.06 + 0.02 * (len(labels) // 6), 1, 0.95))
+    _save(fig, path)
+
+
 def draw_all(tables: dict[str, str], report: dict, figure_path) -> list[str]:
     """Every figure from the aggregated tables; ``figure_path(name, ext)`` names the files."""
     metrics = pd.read_csv(tables["metrics"])
@@ -218,5 +311,7 @@ def draw_all(tables: dict[str, str], report: dict, figure_path) -> list[str]:
     ood_scatter(summary, target("ood_scatter"))
     wise_curve(sweeps, target("wise_curve"))
     otdd_scatter(distances, method, target("otdd_scatter"))
-    return [figure_path(n, e) for n in ("radar", "bar", "ri_heatmap", "ood_scatter", "wise_curve", "otdd_scatter")
-            for e in ("png", "pdf")]
+    effective_robustness(pd.read_csv(tables["robustness_cells"]), pd.read_csv(tables["baseline"]),
+                         pd.read_csv(tables["baseline_lines"], keep_default_na=False, na_values=[""]), dataset,
+                         target("effective_robustness"))
+    return [figure_path(n, e) for n in FIGURES for e in FIGURE_FORMATS]

@@ -21,6 +21,9 @@ PATTERNS = {
     "corpus_raw": "data/{suite}/corpora/raw/{dataset}",
     "corpus_prepared": "data/{suite}/corpora/prepared/{dataset}",
     "pretrained": "models/{suite}/{model}/pretrained.pt",
+    # intermediate pretraining epochs (robustness.snapshots), baseline points of effective robustness
+    "snapshots": "models/{suite}/{model}/snapshots",
+    "snapshot_cells": "results/{suite}/{model}/snapshots.json",
     "finetuned": "checkpoints/{suite}/{model}/{method}/{dataset}/model.pt",
     "pretrained_cell": "results/{suite}/{model}/pretrained/{eval}.json",
     "finetuned_cell": "results/{suite}/{model}/{method}/{dataset}/{eval}.json",
@@ -37,16 +40,23 @@ PATTERNS = {
     "distances": "reports/{suite}/distances.csv",
     "summary_tex": "reports/{suite}/summary.tex",
     "metrics_json": "reports/{suite}/metrics.json",
+    "robustness": "reports/{suite}/effective_robustness.csv",
+    "robustness_cells": "reports/{suite}/effective_robustness_cells.csv",
+    "robustness_md": "reports/{suite}/effective_robustness.md",
+    "robustness_tex": "reports/{suite}/effective_robustness.tex",
+    "baseline": "reports/{suite}/baseline.csv",
+    "baseline_lines": "reports/{suite}/baseline_lines.csv",
     "figure": "reports/{suite}/figures/{figure}.{ext}",
 }
 
 
 # What `rib aggregate` writes and `rib figures` draws (Snakemake's and DVC's outputs alike).
 TABLES = ("cells", "metrics", "summary", "summary_md", "summary_tex", "methods_summary", "sweeps", "ri_matrix",
-          "corruptions", "distances", "metrics_json")
+          "corruptions", "distances", "metrics_json", "robustness", "robustness_cells", "robustness_md",
+          "robustness_tex", "baseline", "baseline_lines")
 
 
-FIGURES = ("radar", "bar", "ri_heatmap", "ood_scatter", "wise_curve", "otdd_scatter")
+FIGURES = ("radar", "bar", "ri_heatmap", "ood_scatter", "wise_curve", "otdd_scatter", "effective_robustness")
 FIGURE_FORMATS = ("png", "pdf")
 
 
@@ -160,6 +170,17 @@ def cells(params: dict) -> Iterator[Cell]:
             for dataset in finetune_datasets(params):
                 for ev in evals:
                     yield Cell(model, method, dataset, ev)
+
+
+def snapshot_models(params: dict) -> list[str]:
+    """The grid's models whose pretraining keeps snapshots (robustness.snapshots above 0; the
+    pipeline pretrains them). A run with too few epochs for any keeps an empty folder of them."""
+    from .config import robustness_settings
+    from .models.registry import get_model
+
+    if not robustness_settings(params)["snapshots"]:
+        return []
+    return [m for m in params["grid"]["models"] if get_model(m, params).pretrain_corpus]
 
 
 def distance_reference(params: dict) -> str:

@@ -34,12 +34,12 @@ TRAIN_CODE = ("src/rib/train.py", "src/rib/methods", "src/rib/models", "src/rib/
 EVAL_CODE = ("src/rib/evaluate.py", "src/rib/data/loading.py", "src/rib/data/labels.py", "src/rib/models")
 
 # Jobs whose outputs a run can write again when found damaged (rib.verify).
-REBUILDABLE = ("cache", "pretrain", "fetch_weights", "finetune", "evaluate_pretrained", "evaluate_finetuned",
-               "combine", "distance")
+REBUILDABLE = ("cache", "pretrain", "fetch_weights", "finetune", "evaluate_pretrained", "evaluate_snapshots",
+               "evaluate_finetuned", "combine", "distance")
 # Every kind of job: a Snakemake rule each (generate_corpus and prepare_corpus: the corpora's).
 KINDS = ("generate", "generate_corpus", "fetch", "prepare", "prepare_corpus", "cache", "pretrain", "fetch_weights",
-         "finetune", "evaluate_pretrained", "evaluate_finetuned", "combine", "distance", "aggregate", "figures",
-         "usage")
+         "finetune", "evaluate_pretrained", "evaluate_snapshots", "evaluate_finetuned", "combine", "distance",
+         "aggregate", "figures", "usage")
 
 
 @dataclass(frozen=True)
@@ -143,6 +143,10 @@ class Graph:
             self._preps[model] = grid.prep_key(self.params, model)
         return {**item, "prep": self._preps[model]} if self.cached else item
 
+    def generated(self, dataset: str) -> bool:
+        """A synthetic suite's own dataset (rib data generate), not one fetched (a plugin's folder)."""
+        return self.suite.synthetic and self.suite.dataset(dataset).source is None
+
     def model(self, name: str) -> str:
         """The grid's name of a model given by name or by its slug (a Snakemake wildcard)."""
         return self._names.get(name, name)
@@ -202,12 +206,35 @@ class Graph:
         slug = model_slug(model)
         vars = {"pretrained": self._pat("pretrained", model=slug), "corpus": self._prepared(corpus),
                 "corpus_raw": self._prepared(corpus, "raw")}
-        return Job("pretrain", "pretrain", slug, vars, "pretrain {key} --data {corpus} --out {pretrained}",
+        snapshots = model in grid.snapshot_models(self.params)
+        if snapshots:
+            vars["snapshots"] = self._pat("snapshots", model=slug)
+        return Job("pretrain", "pretrain", slug, vars,
+                   "pretrain {key} --data {corpus} --out {pretrained}" + (" --snapshots {snapshots}" if snapshots else ""),
                    (Dep(None, ("src/rib/train.py", "src/rib/methods", "src/rib/models", "src/rib/data/loading.py",
                                "{corpus_raw}")), Dep("data", ("{corpus}",))),
-                   ("{pretrained}",),
-                   params=("seed", "pretrain", "train.precision", "synthetic.image_size", "synthetic.num_classes"),
+                   ("{pretrained}", *(("{snapshots}",) if snapshots else ())),
+                   params=("seed", "pretrain", "train.precision", "synthetic.image_size", "synthetic.num_classes",
+                           *self._robustness_keys("snapshots")),
                    model=model)
+
+    def _robustness_keys(self, *keys: str) -> tuple[str, ...]:
+        """The params keys of robustness that the params file sets (DVC refuses a key it lacks)."""
+        given = self.params.get("robustness") or {}
+        return tuple(f"robustness.{k}" for k in keys if k in given)
+
+    def _evaluate_snapshots(self, model: str) -> Job:
+        """The pretraining snapshots of a model evaluated on every evaluation dataset: baseline
+        points of effective robustness."""
+        from .models.registry import model_slug
+
+        slug = model_slug(model)
+        vars = self._with_prep({"snapshots": self._pat("snapshots", model=slug),
+                                "out": self._pat("snapshot_cells", model=slug)}, model)
+        return Job("evaluate_snapshots", "evaluate-snapshots", slug, vars,
+                   f"evaluate-snapshots {{snapshots}}{self._cache_opt(*self.evals)} --out {{out}}",
+                   (Dep("snapshots", ("{snapshots}",)), *self._eval_deps(), Dep("cache", self._caches(*self.evals))),
+                   ("{out}",), params=self._EVAL_PARAMS, model=model, method="snapshots", prep=vars.get("prep"))
 
     def _fetch_weights(self, model: str) -> Job:
         from .models.registry import model_slug
@@ -332,13 +359,19 @@ class Graph:
         cells = tuple(cell.path(self.name) for cell in grid.cells(self.params))
         distances = tuple(grid.path("distance", suite=self.name, model=m, dataset=d)
                           for m, d in grid.distance_jobs(self.params))
+        snapshots = tuple(grid.path("snapshot_cells", suite=self.name, model=m) for m in grid.snapshot_models(self.params))
+        from .config import robustness_settings
+
+        reference = robustness_settings(self.params)["reference"]
         focus = self.params["report"]["focus_method"]
         return Job("aggregate", "aggregate", None, {}, "aggregate",
-                   (Dep(None, ("src/rib/aggregate.py", "src/rib/metrics.py")),
+                   (Dep(None, ("src/rib/aggregate.py", "src/rib/metrics.py", "src/rib/robustness.py")),
                     Dep("cells", cells, dvc=(f"results/{self.name}",)),
-                    Dep("distances", distances, dvc=(f"distances/{self.name}",))),
+                    Dep("distances", distances, dvc=(f"distances/{self.name}",)),
+                    *((Dep("snapshots", snapshots, dvc=()),) if snapshots else ()),
+                    *((Dep("reference", (reference,)),) if reference else ())),
                    tuple(p for k, p in reports.items() if k not in ("metrics_json", "sweeps", "distances")),
-                   files=tuple(reports.values()), params=("grid",),
+                   files=tuple(reports.values()), params=("grid", *self._robustness_keys("scale", "reference")),
                    dvc_extra={"metrics": [reports["metrics_json"]],
                               "plots": [{reports["sweeps"]: {"x": "finetune", "y": "ood", "title":
                                                               "WiSE-FT: OOD vs fine-tuning-dataset accuracy (%)"}},
@@ -347,7 +380,8 @@ class Graph:
 
     def _figures(self) -> Job:
         figures = grid.figure_paths(self.name)
-        tables = tuple(grid.path(k, suite=self.name) for k in ("metrics", "summary", "sweeps", "distances", "ri_matrix"))
+        tables = tuple(grid.path(k, suite=self.name) for k in ("metrics", "summary", "sweeps", "distances", "ri_matrix",
+                                                                "robustness_cells", "baseline", "baseline_lines"))
         return Job("figures", "figures", None, {}, "figures", (Dep(None, ("src/rib/figures.py",)), Dep("tables", tables)),
                    tuple(f for f in figures if f.endswith(".pdf")), files=tuple(figures), params=("report",),
                    dvc_extra={"plots": [f for f in figures if f.endswith(".png")]})
@@ -367,19 +401,17 @@ class Graph:
         needed = grid.datasets_to_prepare(params)
         for corpus in (False, True):
             names = [d for d in needed if (self.suite.dataset(d).role == "corpus") == corpus]
-            yield from (self.job("generate" if self.suite.synthetic else "fetch", dataset=d) for d in names)
+            yield from (self.job("generate" if self.generated(d) else "fetch", dataset=d) for d in names)
             yield from (self.job("prepare", dataset=d) for d in names)
         for prep, d in grid.cache_jobs(params):
             yield self.job("cache", prep=prep, dataset=d)
-        for m in g["models"]:
-            if not self.suite.synthetic:
-                yield self.job("fetch_weights", model=m)
-            elif get_model(m, params).pretrain_corpus:
-                yield self.job("pretrain", model=m)
+        for m in g["models"]:  # pretrained by the pipeline (rib-mini's), else fetched (a plugin's too)
+            yield self.job("pretrain" if get_model(m, params).pretrain_corpus else "fetch_weights", model=m)
         pairs = [(m, d) for m in g["models"] for d in grid.finetune_datasets(params)]
         for entry in grid.train_entries(params):
             yield from (self.job("finetune", model=m, method=entry, dataset=d) for m, d in pairs)
         yield from (self.job("evaluate_pretrained", model=m) for m in g["models"])
+        yield from (self.job("evaluate_snapshots", model=m) for m in grid.snapshot_models(params))
         trained = [e for e in g["methods"] if grid.method_kind(params, e) == "train"]
         for m in g["models"]:
             yield from (self.job("evaluate_finetuned", model=m, method=e, dataset=d)

@@ -47,7 +47,7 @@ RULES_WITHOUT_HOURS = ("generate", "generate_corpus", "fetch", "prepare", "prepa
 WHAT = {"generate": "written", "generate_corpus": "written", "fetch": "unpacked", "prepare": "verified",
         "prepare_corpus": "verified", "cache": "decoded", "pretrain": "trained", "distance": "features",
         "evaluate_pretrained": "evaluated", "finetune": "trained", "combine": "evaluated",
-        "evaluate_finetuned": "evaluated"}
+        "evaluate_snapshots": "evaluated", "evaluate_finetuned": "evaluated"}
 
 
 class PlanError(RibError, ValueError):
@@ -59,8 +59,8 @@ class PlanError(RibError, ValueError):
 # ----------------------------------------------------------------------------------------------
 # Snakemake's order of rules in its job stats (rib plan's rows).
 RULE_ORDER = ("generate", "generate_corpus", "fetch", "prepare", "prepare_corpus", "cache", "pretrain", "fetch_weights",
-              "distance", "evaluate_pretrained", "finetune", "combine", "evaluate_finetuned", "aggregate", "figures",
-              "usage")
+              "distance", "evaluate_pretrained", "evaluate_snapshots", "finetune", "combine", "evaluate_finetuned",
+              "aggregate", "figures", "usage")
 
 
 def jobs(params: dict) -> list[Job]:
@@ -129,6 +129,17 @@ def _real_images(params: dict, spec, full, label_space: tuple[str, ...]) -> tupl
     return leaves * n, leaves * kept * classes
 
 
+def _folder_images(spec, label_space: tuple[str, ...], root: Path) -> tuple[int, int]:
+    """(raw, prepared) images of a dataset copied from a folder (a plugin's), counted in that folder."""
+    from .data.layouts import LayoutError, index
+
+    try:
+        n = len(index(spec, root / spec.source.folder, label_space).records)
+    except LayoutError as err:
+        raise PlanError(f"dataset {spec.name!r}: {err}") from None
+    return n, n
+
+
 def _prepared(params: dict, spec, root: Path) -> DatasetSize | None:
     """A dataset's counts from its prepared folder, when it was prepared with this params' split."""
     from .io import read_json
@@ -161,6 +172,10 @@ def dataset_sizes(params: dict, root: str | Path = ".") -> dict[str, DatasetSize
     for name in grid.datasets_to_prepare(params):
         spec = suite.dataset(name)
         found = _prepared(params, spec, Path(root))
+        if found is None and spec.source is not None and spec.source.folder:  # a plugin's folder
+            raw, images = _folder_images(spec, suite.label_space, Path(root))
+            held = round(params["split"]["heldout_fraction"] * images)
+            found = DatasetSize(name, images, images - held, held, raw, f"files in {spec.source.folder}")
         if found is None:
             raw, images = _synthetic_images(params, spec) if suite.synthetic else \
                 _real_images(params, spec, full.dataset(name), suite.label_space)
@@ -447,6 +462,11 @@ def _job_cost(params: dict, job: Job, sizes: dict[str, DatasetSize],
         return n, lambda c: n * c.eval_s
     if job.rule in ("evaluate_pretrained", "evaluate_finetuned"):
         return eval_images, lambda c: eval_images * c.eval_s
+    if job.rule == "evaluate_snapshots":  # each snapshot on every evaluation dataset
+        from .config import snapshot_epochs
+
+        n = len(snapshot_epochs(params, get_model(job.model, params).pretrain_corpus)) * eval_images
+        return n, lambda c: n * c.eval_s
     if job.rule == "finetune":
         config = method_schedule(params, job.method)
         impl = config["method"]

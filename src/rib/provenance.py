@@ -1,5 +1,6 @@
 """What every record and checkpoint says about how it was made: rib's version and source digest,
-the git commit, torch, the device, the host, the time, and the SLURM job where there is one."""
+the git commit, torch, the device, the host, the time, the SLURM job where there is one, and the
+plugins loaded (rib.plugins) with their distributions' versions."""
 
 from __future__ import annotations
 
@@ -35,9 +36,13 @@ def code_version() -> dict:
 def provenance(device) -> dict:
     import torch
 
+    from .plugins import loaded
+
     slurm = {"slurm_job_id": os.environ["SLURM_JOB_ID"]} if os.environ.get("SLURM_JOB_ID") else {}
+    plugins = loaded()  # the plugins (entry points, params' plugins) this process loaded, with their versions
     return {**code_version(), "torch_version": str(torch.__version__), "device": str(device),
-            "host": platform.node(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **slurm}
+            "host": platform.node(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **slurm,
+            **({"plugins": plugins} if plugins else {})}
 
 
 def log_slurm_job() -> None:

@@ -148,3 +148,123 @@ def baselines(accuracies: Mapping[str, Mapping[str, float]], id_dataset: str, oo
                   if id_dataset in acc and dataset in acc}
         lines[dataset] = fit(points, dataset, scale)
     return lines
+
+
+# ----------------------------------------------------------------------------------------------
+# The grid's tables (rib aggregate)
+# ----------------------------------------------------------------------------------------------
+KINDS = ("pretrained", "snapshot", "reference")  # baseline points: the grid's models, their snapshots, a table's
+
+
+def baseline_points(pretrained: Mapping[str, Mapping[str, float]], snapshots: Sequence[Mapping],
+                    reference: Mapping[str, Mapping[str, float]] | None = None) -> list[dict]:
+    """Every baseline model as {label, kind, model, epoch, accuracy: {dataset: fraction}}:
+    ``pretrained`` {model: {dataset: top-1}}; ``snapshots``: the records of ``rib
+    evaluate-snapshots``; ``reference``: :func:`read_reference`'s table."""
+    points = [{"label": m, "kind": "pretrained", "model": m, "epoch": None, "accuracy": dict(acc)}
+              for m, acc in pretrained.items()]
+    for rec in snapshots:
+        for snap in rec["snapshots"]:
+            points.append({"label": f"{rec['model']} @ epoch {snap['epoch']}/{snap['epochs']}", "kind": "snapshot",
+                           "model": rec["model"], "epoch": snap["epoch"], "accuracy": dict(snap["top1"])})
+    for name, acc in (reference or {}).items():
+        label = name if name not in {p["label"] for p in points} else f"{name} (reference)"
+        points.append({"label": label, "kind": "reference", "model": name, "epoch": None, "accuracy": dict(acc)})
+    return points
+
+
+def fit_lines(points: Sequence[Mapping], id_dataset: str, ood_datasets: Sequence[str],
+              scale: str = "logit") -> dict[str, Line | BaselineError]:
+    """One line per OOD dataset over the points that have both accuracies; where none can be fit,
+    the error saying why (the tables and the figure say it instead of a number)."""
+    out: dict[str, Line | BaselineError] = {}
+    for dataset in ood_datasets:
+        chosen = {p["label"]: (p["accuracy"][id_dataset], p["accuracy"][dataset]) for p in points
+                  if id_dataset in p["accuracy"] and dataset in p["accuracy"]}
+        try:
+            out[dataset] = fit(chosen, dataset, scale)
+        except BaselineError as err:
+            out[dataset] = err
+    return out
+
+
+def fit_description(points: Sequence[Mapping]) -> str:
+    """What the lines were fit on, in words (the figure's and the tables' captions)."""
+    kinds = {k: [p for p in points if p["kind"] == k] for k in KINDS}
+    parts = []
+    if kinds["pretrained"]:
+        parts.append(f"{len(kinds['pretrained'])} pretrained model(s) of the grid")
+    if kinds["snapshot"]:
+        models = sorted({p["model"] for p in kinds["snapshot"]})
+        parts.append(f"{len(kinds['snapshot'])} intermediate pretraining snapshot(s) of {', '.join(models)}")
+    if kinds["reference"]:
+        parts.append(f"{len(kinds['reference'])} reference model(s)")
+    return " + ".join(parts) or "no models"
+
+
+def tables(cells, points: Sequence[Mapping], id_dataset: str, ood_datasets: Sequence[str],
+           scale: str = "logit") -> dict:
+    """Effective robustness of every fine-tuned cell before and after, in points (percent):
+
+    * ``robustness_cells``: one row per (model, method, D_ft, evaluation dataset): ID (``id_*``,
+      the pretraining domain) and OOD (``ood_*``) accuracy before and after fine-tuning, the OOD
+      accuracy the baseline predicts from each ID accuracy, and effective robustness (``er_*``) with
+      its change. D_ft's own row (role ``finetune``) uses its held-out part.
+    * ``robustness``: per (model, method, D_ft), the mean over the OOD datasets (D minus D_ft).
+    * ``baseline``: the baseline points, accuracy in percent per dataset; ``baseline_lines``: one
+      line per OOD dataset (slope, intercept, R^2, what it was fit on), or why there is none.
+    """
+    import pandas as pd
+
+    lines = fit_lines(points, id_dataset, ood_datasets, scale)
+    pre = cells[cells.method == "pretrained"].set_index(["model", "eval_dataset"])
+    ft = cells[(cells.method != "pretrained")].set_index(["model", "method", "finetune_dataset", "eval_dataset"])
+    rows = []
+    for r in cells[(cells.method != "pretrained") & (cells.eval_dataset != id_dataset)].itertuples(index=False):
+        line = lines.get(r.eval_dataset)
+        own = r.role == "finetune"
+        p = pre.loc[(r.model, r.eval_dataset)]
+        id_pre = pre.loc[(r.model, id_dataset)].top1
+        id_ft = ft.loc[(r.model, r.method, r.finetune_dataset, id_dataset)].top1
+        ood_pre = p.heldout_top1 if own else p.top1
+        ood_ft = r.heldout_top1 if own else r.top1
+        row = {"model": r.model, "method": r.method, "finetune_dataset": r.finetune_dataset,
+               "eval_dataset": r.eval_dataset, "role": r.role, "id_pre": 100 * id_pre, "ood_pre": 100 * ood_pre,
+               "id_ft": 100 * id_ft, "ood_ft": 100 * ood_ft}
+        if isinstance(line, Line):
+            row.update(expected_pre=100 * line.expected(id_pre), expected_ft=100 * line.expected(id_ft),
+                       er_pre=100 * line.effective_robustness(id_pre, ood_pre),
+                       er_ft=100 * line.effective_robustness(id_ft, ood_ft))
+            row["er_change"] = row["er_ft"] - row["er_pre"]
+        else:
+            row.update(expected_pre=math.nan, expected_ft=math.nan, er_pre=math.nan, er_ft=math.nan,
+                       er_change=math.nan)
+        rows.append(row)
+    cell_table = pd.DataFrame(rows, columns=["model", "method", "finetune_dataset", "eval_dataset", "role", "id_pre",
+                                             "ood_pre", "id_ft", "ood_ft", "expected_pre", "expected_ft", "er_pre",
+                                             "er_ft", "er_change"])
+    summary = []
+    for (model, method, dft), g in cell_table.groupby(["model", "method", "finetune_dataset"], sort=False):
+        ood = g[(g.role == "ood") & g.er_pre.notna()]
+        summary.append({"model": model, "method": method, "finetune_dataset": dft, "id_pre": g.id_pre.iloc[0],
+                        "id_ft": g.id_ft.iloc[0], "er_pre": ood.er_pre.mean() if len(ood) else math.nan,
+                        "er_ft": ood.er_ft.mean() if len(ood) else math.nan,
+                        "er_change": ood.er_change.mean() if len(ood) else math.nan, "n_ood": len(ood)})
+    datasets = [id_dataset, *ood_datasets]
+    baseline = pd.DataFrame([{"label": p["label"], "kind": p["kind"], "model": p["model"], "epoch": p["epoch"],
+                              **{d: 100 * p["accuracy"][d] if d in p["accuracy"] else math.nan for d in datasets}}
+                             for p in points], columns=["label", "kind", "model", "epoch", *datasets])
+    baseline["epoch"] = baseline["epoch"].astype("Int64")
+    line_rows = []
+    for dataset, line in lines.items():
+        if isinstance(line, Line):
+            line_rows.append({"eval_dataset": dataset, "scale": line.scale, "slope": line.slope,
+                              "intercept": line.intercept, "r2": line.r2, "n_points": len(line.models),
+                              "fit_on": "; ".join(line.models), "note": ""})
+        else:
+            line_rows.append({"eval_dataset": dataset, "scale": scale, "slope": math.nan, "intercept": math.nan,
+                              "r2": math.nan, "n_points": 0, "fit_on": "", "note": str(line)})
+    return {"robustness_cells": cell_table,
+            "robustness": pd.DataFrame(summary, columns=["model", "method", "finetune_dataset", "id_pre", "id_ft",
+                                                         "er_pre", "er_ft", "er_change", "n_ood"]),
+            "baseline": baseline, "baseline_lines": pd.DataFrame(line_rows)}

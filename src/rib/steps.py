@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Union
 
 from .config import ConfigError, load
-from .errors import RibError
+from .errors import MissingFileError, RibError
 
 log = logging.getLogger("rib")
 
@@ -34,8 +34,14 @@ PathLike = Union[str, os.PathLike]
 
 
 def load_params(params: Params) -> dict:
-    """A validated configuration: ``params`` itself when it is already one, else the file it names."""
-    return params if isinstance(params, dict) else load(str(params))
+    """A validated configuration: ``params`` itself when it is already one (its plugins loaded, once
+    per process), else the file it names."""
+    if isinstance(params, dict):
+        from . import plugins
+
+        plugins.load(params)
+        return params
+    return load(str(params))
 
 
 def _graph(params: dict):
@@ -113,7 +119,8 @@ def generate(params: Params, dataset: str, out: PathLike | None = None, *, progr
     suite = get_suite(params)
     if not suite.synthetic:
         raise RibError(f"suite {suite.name!r} is not synthetic; its datasets are downloaded, not generated")
-    suite.dataset(dataset)
+    if suite.dataset(dataset).source is not None:  # a plugin's dataset
+        raise RibError(f"dataset {dataset!r} is not generated; `rib data fetch {dataset}` copies it from its source")
     out = str(out or grid.data_dir(params, dataset, "raw"))
     t0 = time.time()
     n = make(params, dataset, out, show_progress=progress)
@@ -248,7 +255,7 @@ class _Training:
 
 
 def _train_and_save(params: dict, run: _Training, *, out: str, state: str | None, device, cache, progress: bool,
-                    stop_after_epoch: int | None) -> str:
+                    stop_after_epoch: int | None, on_epoch_end=None) -> str:
     from .data.cache import find as find_cache
     from .data.labels import LabelProjection
     from .data.loading import open_dataset
@@ -271,7 +278,7 @@ def _train_and_save(params: dict, run: _Training, *, out: str, state: str | None
                                   device=device, state_path=state, run_fingerprint=run_fp,
                                   workers=params["runtime"]["loader_workers"], desc=run.meta.get("method", "train"),
                                   show_progress=progress, stop_after_epoch=stop_after_epoch,
-                                  reference=reference, interruptions=interruptions)
+                                  reference=reference, interruptions=interruptions, on_epoch_end=on_epoch_end)
     meta = {**run.meta, "schedule": run.schedule, "history": history, "interruptions": interruptions,
             "train_images": len(data),
             "train_manifest_sha256": prepared.info["manifest_sha256"], "seed": run.seed,
@@ -283,12 +290,18 @@ def _train_and_save(params: dict, run: _Training, *, out: str, state: str | None
     return out
 
 
+SNAPSHOT_FILE = "epoch-{epoch}.pt"
+
+
 def pretrain(params: Params, model: str, *, data: PathLike | None = None, out: PathLike | None = None,
              state: PathLike | None = None, threads: int | None = None, progress: bool = True,
-             stop_after_epoch: int | None = None) -> str:
-    """Pretrain a rib-mini model on its corpus (default: the pipeline's corpus folder and checkpoint)."""
+             stop_after_epoch: int | None = None, snapshots: PathLike | None = None) -> str:
+    """Pretrain a rib-mini model on its corpus (default: the pipeline's corpus folder and checkpoint).
+    ``snapshots``: a folder that receives the model at the intermediate epochs of
+    ``robustness.snapshots`` (default: the pipeline's when ``out`` is left out too)."""
     import torch
 
+    from .config import snapshot_epochs
     from .data.suites import get_suite
     from .methods import get_method
     from .models import network
@@ -300,6 +313,8 @@ def pretrain(params: Params, model: str, *, data: PathLike | None = None, out: P
     if corpus is None:
         raise RibError(f"model {spec.name!r} is not pretrained by the pipeline (weights: {spec.weights})")
     paths = _Defaults(params, "pretrain", model=model)
+    if snapshots is None and out is None:
+        snapshots = paths.job.vars.get("snapshots")
     data, out = paths.input(data, "data"), paths.output(out)
     device = _torch_setup(params, threads)
     suite = get_suite(params)
@@ -312,8 +327,31 @@ def pretrain(params: Params, model: str, *, data: PathLike | None = None, out: P
                     get_method("ft", {**schedule, "entry": "pretrain"}), str(data), None, schedule, params["seed"],
                     {"kind": "pretrained", "method": "pretrain", "corpus": corpus, "suite": suite.name,
                      "parameters": network.count_parameters(net), "feature_dim": network.feature_dim(net)})
+    keep = _snapshot_writer(run, Path(snapshots), snapshot_epochs(params, corpus)) if snapshots else None
     return _train_and_save(params, run, out=str(out), state=state and str(state), device=device, cache=None,
-                           progress=progress, stop_after_epoch=stop_after_epoch)
+                           progress=progress, stop_after_epoch=stop_after_epoch, on_epoch_end=keep)
+
+
+def _snapshot_writer(run: _Training, folder: Path, epochs: list[int]):
+    """The model at each of ``epochs`` saved into ``folder`` as a checkpoint of kind ``snapshot``
+    (a resumed run keeps the ones it wrote before; files of other epochs are removed)."""
+    from .models import network
+
+    folder.mkdir(parents=True, exist_ok=True)
+    wanted = {SNAPSHOT_FILE.format(epoch=e) for e in epochs}
+    for old in folder.glob(SNAPSHOT_FILE.format(epoch="*")):
+        if old.name not in wanted:
+            old.unlink()
+
+    def keep(epoch: int, module) -> None:
+        if epoch in epochs:
+            meta = {**run.meta, "kind": "snapshot", "epoch": epoch, "epochs": run.schedule["epochs"],
+                    "seed": run.seed}
+            network.save(folder / SNAPSHOT_FILE.format(epoch=epoch), module, name=run.spec_name, arch=run.arch,
+                         arch_kwargs=run.arch_kwargs, label_space=run.label_space, preprocessing=run.prep, meta=meta)
+            log.info("kept the snapshot of epoch %d in %s", epoch, folder)
+
+    return keep
 
 
 def _check_init(path, *, entry: str, init_entry: str, dataset: str, pretrained_sha: str):
@@ -456,6 +494,55 @@ def evaluate(params: Params, checkpoint: PathLike, datasets: list[PathLike] | No
     paths = (_Defaults(params, "evaluate_finetuned", model=ckpt.name, method=meta["method"], dataset=finetuned_on)
              if meta.get("kind") == "finetuned" else _Defaults(params, "evaluate_pretrained", model=ckpt.name))
     return _write_cells(paths.folder(out_dir), prepared, records, common)
+
+
+def evaluate_snapshots(params: Params, snapshots: PathLike, datasets: list[PathLike] | None = None, *,
+                       out: PathLike | None = None, cache: list[str] | None = None, threads: int | None = None,
+                       progress: bool = True) -> dict:
+    """Evaluate every pretraining snapshot in the folder ``snapshots`` (``rib pretrain
+    --snapshots``) on the source set and every dataset of the grid: one record of top-1 accuracy per
+    snapshot and dataset, written to ``out`` (default: the pipeline's), the baseline points of
+    effective robustness (:mod:`rib.robustness`)."""
+    import re
+
+    from .evaluate import evaluate_checkpoint
+    from .io import sha256_file, write_record
+    from .models import network
+    from .provenance import provenance
+
+    params = load_params(params)
+    folder = Path(snapshots)
+    if not folder.is_dir():
+        raise MissingFileError(f"{folder}: no such folder of pretraining snapshots (rib pretrain --snapshots)")
+    files = sorted(folder.glob(SNAPSHOT_FILE.format(epoch="*")),
+                   key=lambda p: int(re.sub(r"\D", "", p.stem) or 0))
+    device = _torch_setup(params, threads)
+    prepared = _eval_datasets(params, datasets)
+    points, name = [], None
+    for path in files:
+        ckpt = network.load(str(path))
+        meta = ckpt.meta
+        if meta.get("kind") != "snapshot":
+            raise RibError(f"{path}: a checkpoint of kind {meta.get('kind')!r}, not a pretraining snapshot")
+        if name is not None and ckpt.name != name:
+            raise RibError(f"{path}: a snapshot of {ckpt.name!r} among the snapshots of {name!r}")
+        name = ckpt.name
+        records = evaluate_checkpoint(ckpt.model, ckpt.label_space, ckpt.preprocessing, prepared, finetuned_on=None,
+                                      **_eval_settings(params, device, cache, progress))
+        points.append({"epoch": meta["epoch"], "epochs": meta.get("epochs"), "checkpoint": str(path),
+                       "checkpoint_sha256": sha256_file(path),
+                       "top1": {d.name: r["top1"] for d, r in zip(prepared, records)},
+                       "n": {d.name: r["n"] for d, r in zip(prepared, records)}})
+    if name is None:  # pretraining had too few epochs for any snapshot
+        name = folder.parent.name
+    record = {"suite": params["suite"], "model": name, "kind": "snapshots", "scoring": params["evaluate"]["scoring"],
+              "snapshots": points, "manifest_sha256": {d.name: d.info["manifest_sha256"] for d in prepared},
+              **provenance(device)}
+    if out is None:
+        out = _Defaults(params, "evaluate_snapshots", model=name).output(None)
+    write_record(out, record)
+    log.info("evaluated %d snapshot(s) of %s into %s", len(points), name, out)
+    return record
 
 
 def combine(params: Params, model: str, method: str, dataset: str, *, pretrained: PathLike | None = None,
@@ -629,7 +716,8 @@ def figures(params: Params) -> list:
 
     params = load_params(params)
     suite = params["suite"]
-    tables = {k: grid.path(k, suite=suite) for k in ("metrics", "summary", "sweeps", "distances", "ri_matrix")}
+    tables = {k: grid.path(k, suite=suite) for k in ("metrics", "summary", "sweeps", "distances", "ri_matrix",
+                                                      "robustness_cells", "baseline", "baseline_lines")}
     written = draw.draw_all(tables, params["report"], lambda name, ext: grid.path("figure", suite=suite,
                                                                                   figure=name, ext=ext))
     log.info("%d figures written under reports/%s/figures", len(written), suite)

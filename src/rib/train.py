@@ -26,6 +26,7 @@ import platform
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -204,8 +205,8 @@ def _features(module: nn.Module, data, prep: Preprocessing, device: torch.device
 def fit(model: nn.Module, method: Method, data: ImageDataset | InMemoryDataset, projection: LabelProjection,
         prep: Preprocessing, schedule: Schedule, *, seed: int, device: torch.device, state_path: str | os.PathLike,
         run_fingerprint: str, workers: int = 0, desc: str = "train", show_progress: bool = True,
-        stop_after_epoch: int | None = None, reference=None,
-        interruptions: list | None = None) -> tuple[list[dict], nn.Module, dict | None]:
+        stop_after_epoch: int | None = None, reference=None, interruptions: list | None = None,
+        on_epoch_end: Callable[[int, nn.Module], None] | None = None) -> tuple[list[dict], nn.Module, dict | None]:
     """Train ``model`` with ``method``; returns (per-epoch history, the model to save, its wrapper).
 
     ``reference(samples, seed)`` loads pretraining-domain images for methods that need them.
@@ -216,6 +217,9 @@ def fit(model: nn.Module, method: Method, data: ImageDataset | InMemoryDataset, 
     full state after the step in progress, mid-epoch included, and raise TrainingInterrupted; calling
     ``fit`` again continues from that step and ends with the same weights as an unbroken run. Each
     such stop is appended to ``interruptions`` (the list is carried in the resume state).
+
+    ``on_epoch_end(epoch, module)`` is called after each finished epoch (1-based), before its state is
+    saved: a run resumed after that epoch does not call it again (pretraining's snapshots).
     """
     state_path = Path(state_path)
     model.to(device)
@@ -336,6 +340,8 @@ def fit(model: nn.Module, method: Method, data: ImageDataset | InMemoryDataset, 
             log.info("%s epoch %d/%d: loss %.4f, train top-1 %.3f, %.1fs", desc, epoch + 1, schedule.epochs,
                      record["loss"], record["train_top1"], record["seconds"])
             last = epoch + 1 >= schedule.epochs
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1, module)
             save(epoch + 1, 0, None)
             if request.signum is not None and not last:  # the signal came during the epoch or the save
                 stops.append({"signal": signal.Signals(request.signum).name, "epoch": epoch + 2, "batch": 0,

@@ -29,7 +29,8 @@ from .server import USAGE_PREFIX
 # The log folder of each benchmarked rule's job: its benchmark file is
 # logs/<suite>/benchmark/<rule>/<rest>.tsv and its log logs/<suite>/<step>/<rest>.log.
 STEP_OF_RULE = {"pretrain": "pretrain", "finetune": "finetune", "evaluate_pretrained": "evaluate",
-                "evaluate_finetuned": "evaluate", "combine": "combine", "distance": "distance"}
+                "evaluate_snapshots": "evaluate", "evaluate_finetuned": "evaluate", "combine": "combine",
+                "distance": "distance"}
 _FORK = re.compile(re.escape(USAGE_PREFIX) + r" CPU ([0-9.]+) s, peak RSS ([0-9.]+) MiB\s*$", re.MULTILINE)
 JOB_COLUMNS = ["rule", "job", "wall_s", "cpu_s", "peak_rss_mib", "measured_in"]
 

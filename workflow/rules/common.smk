@@ -72,6 +72,7 @@ def rebuild_targets(wildcards):
 TRAIN_ENTRIES = rib_grid.train_entries(PARAMS)  # methods entries that train a checkpoint
 WEIGHT_ENTRIES = rib_grid.weight_entries(PARAMS)  # weight-space entries of the grid (no training)
 EVALS = rib_grid.eval_datasets(PARAMS)
+SNAPSHOT_MODELS = rib_grid.snapshot_models(PARAMS)  # models whose pretraining keeps snapshots
 THREADS = PARAMS["runtime"]["threads"]
 PAT = {kind: pattern.replace("{suite}", SUITE.name) for kind, pattern in rib_grid.PATTERNS.items()}
 LOGS = f"logs/{SUITE.name}"
@@ -105,7 +106,9 @@ def start_rib_server():
 
     path = os.path.join(tempfile.gettempdir(), f"rib-{os.getuid()}-{os.getpid()}.sock")
     os.makedirs(LOGS, exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": SRC, "RIB_PARAMS": PARAMS_FILE}
+    # the jobs' PYTHONPATH (shell.prefix above): this checkout's src/, then the caller's (plugins)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")])),
+           "RIB_PARAMS": PARAMS_FILE}
     env.pop(SERVER_ENV, None)
     with open(f"{LOGS}/server.log", "w") as log_file:
         proc = subprocess.Popen(

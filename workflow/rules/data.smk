@@ -1,8 +1,11 @@
-# Datasets: generate (synthetic suites) or fetch (real suites) -> prepare (index, verify, split).
+# Datasets: generate (a synthetic suite's own) or fetch (real suites; a plugin's dataset, copied from
+# its folder) -> prepare (index, verify, split).
 # generate and fetch are local rules (on a cluster: the login node, which has internet); prepare
 # runs as a cluster job.
 # Evaluation datasets live under data/<suite>/{raw,prepared}/, pretraining corpora under
 # data/<suite>/corpora/{raw,prepared}/.
+FETCHED = sorted(d for d in SUITE.names("source") + SUITE.names("shift") if not GRAPH.generated(d))
+GENERATED = sorted(d for d in SUITE.names("source") + SUITE.names("shift") if GRAPH.generated(d))
 
 if SUITE.synthetic:
 
@@ -17,7 +20,7 @@ if SUITE.synthetic:
         threads: 1
         localrule: True  # the synthetic suite's "download": seconds, on the machine running Snakemake
         wildcard_constraints:
-            dataset=EVAL_NAMES,
+            dataset="|".join(map(re.escape, GENERATED)),
         conda:
             CONDA_ENV
         shell:
@@ -32,17 +35,20 @@ if SUITE.synthetic:
     localrules:
         generate_corpus,  # `use rule` does not carry localrule over
 
-else:
+if FETCHED:
     # Say up front what is missing, and what a person has to do for the manual datasets.
-    _missing = [d for d in EVALS if not os.path.exists(PAT["raw"].format(dataset=d))]
+    _missing = [d for d in EVALS if d in FETCHED and not os.path.exists(PAT["raw"].format(dataset=d))]
     if _missing:
         from rib.data.fetch import manual_instructions
 
-        _manual = [d for d in _missing if SUITE.dataset(d).source and SUITE.dataset(d).source.manual]
-        _auto = [d for d in _missing if d not in _manual]
+        _folder = [d for d in _missing if SUITE.dataset(d).source.folder]
+        _manual = [d for d in _missing if SUITE.dataset(d).source.manual and d not in _folder]
+        _auto = [d for d in _missing if d not in _manual and d not in _folder]
         _lines = [f"rib: {SUITE.name}: {len(_missing)} dataset(s) not on disk yet."]
         if _auto:
             _lines.append(f"  to download (rule fetch, needs internet): {', '.join(_auto)}")
+        for _d in _folder:
+            _lines.append(f"  to copy (rule fetch): {_d} from {SUITE.dataset(_d).source.folder}")
         for _d in _manual:
             _lines.append(f"  to add by hand: {_d}: {manual_instructions(SUITE.dataset(_d), PARAMS_FILE)}")
         print("\n".join(_lines), file=sys.stderr)
@@ -60,7 +66,7 @@ else:
             command=job_command("fetch"),
         localrule: True
         wildcard_constraints:
-            dataset=EVAL_NAMES,
+            dataset="|".join(map(re.escape, FETCHED)),
         conda:
             CONDA_ENV
         shell:

@@ -23,6 +23,29 @@ rule evaluate_pretrained:
         "python -m rib {params.command} --threads {threads} > {log} 2>&1"
 
 
+# The pretraining snapshots of a model the pipeline pretrains, evaluated on every dataset: the
+# baseline points that effective robustness's line is fit on (besides the pretrained models).
+rule evaluate_snapshots:
+    input:
+        unpack(job_inputs("evaluate_snapshots")),
+    output:
+        PAT["snapshot_cells"],
+    log:
+        f"{LOGS}/evaluate/{{model}}/snapshots.log",
+    benchmark:
+        bench("evaluate_snapshots", "{model}/snapshots")
+    params:
+        settings=PARAMS["evaluate"],
+        command=job_command("evaluate_snapshots"),
+    threads: THREADS
+    resources:
+        **job_resources("evaluate"),
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m rib {params.command} --threads {threads} > {log} 2>&1"
+
+
 rule evaluate_finetuned:
     input:
         unpack(job_inputs("evaluate_finetuned")),

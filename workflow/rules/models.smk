@@ -1,13 +1,20 @@
 # Pretrained models: rib-mini trains its small timm models from scratch on a synthetic corpus;
-# real suites fetch published weights once into models/<suite>/ (a local rule: it needs internet).
+# real suites fetch published weights once into models/<suite>/ (a local rule: it needs internet),
+# and so does any suite a plugin's model (from its local weights file, or timm's).
+from rib.models.registry import get_model  # noqa: E402
 
-if SUITE.synthetic:
+PRETRAINED = [model_slug(m) for m in PARAMS["grid"]["models"] if get_model(m, PARAMS).pretrain_corpus]
+FETCHED_MODELS = [model_slug(m) for m in PARAMS["grid"]["models"] if not get_model(m, PARAMS).pretrain_corpus]
+
+if PRETRAINED:
 
     rule pretrain:
         input:
             unpack(job_inputs("pretrain")),
         output:
             PAT["pretrained"],
+            # intermediate epochs, the baseline points of effective robustness (robustness.snapshots)
+            *([directory(PAT["snapshots"])] if SNAPSHOT_MODELS else []),
         log:
             f"{LOGS}/pretrain/{{model}}.log",
         benchmark:
@@ -19,12 +26,14 @@ if SUITE.synthetic:
         threads: THREADS
         resources:
             **job_resources("pretrain"),
+        wildcard_constraints:
+            model="|".join(map(re.escape, PRETRAINED)),
         conda:
             CONDA_ENV
         shell:
             "exec python -m rib {params.command} --threads {threads} > {log} 2>&1"
 
-else:
+if FETCHED_MODELS:
 
     rule fetch_weights:
         output:
@@ -35,6 +44,8 @@ else:
             local=lambda w: (PARAMS.get("local_models") or {}).get(w.model),  # its file and settings
             command=job_command("fetch_weights"),
         localrule: True
+        wildcard_constraints:
+            model="|".join(map(re.escape, FETCHED_MODELS)),
         conda:
             CONDA_ENV
         shell:

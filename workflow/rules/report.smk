@@ -22,6 +22,12 @@ rule aggregate:
         corruptions=report(PAT["corruptions"], caption="../report/corruptions.rst", category="Tables"),
         distances=report(PAT["distances"], caption="../report/distances.rst", category="Tables"),
         metrics_json=PAT["metrics_json"],
+        robustness=report(PAT["robustness"], caption="../report/robustness.rst", category="Tables"),
+        robustness_cells=PAT["robustness_cells"],
+        robustness_md=PAT["robustness_md"],
+        robustness_tex=PAT["robustness_tex"],
+        baseline=PAT["baseline"],
+        baseline_lines=report(PAT["baseline_lines"], caption="../report/baseline_lines.rst", category="Tables"),
     log:
         f"{LOGS}/aggregate.log",
     conda:

@@ -52,6 +52,10 @@ class Source:
     homepage: str = ""
     # `rib data add` also takes ImageNet's official ILSVRC2012_img_val.tar with its devkit
     official_val: bool = False
+    # A folder (or archive) on this machine that `rib data fetch` copies the dataset from (hard
+    # links where it can): a lab's own dataset, added by a plugin (rib.plugins). Relative to the
+    # project folder unless absolute.
+    folder: str | None = None
 
 
 @dataclass(frozen=True)
@@ -138,14 +142,18 @@ def get_suite(params: dict) -> Suite:
     name = params["suite"]
     if name not in _SUITES:
         raise UnknownNameError(f"unknown suite {name!r}; known suites: {', '.join(sorted(_SUITES))}")
-    key = (name, _SUITES[name], json.dumps(params, sort_keys=True, default=str))
+    from .. import plugins
+
+    key = (name, _SUITES[name], plugins.generation, json.dumps(params, sort_keys=True, default=str))
     if key not in _BUILT:
         _BUILT[key] = _build(_SUITES[name], params)
     return _BUILT[key]
 
 
 def _build(builder: SuiteBuilder, params: dict) -> Suite:
-    suite = builder(params)
+    from .. import plugins
+
+    suite = plugins.extend_suite(builder(params))  # the datasets plugins add to it
     chosen = (params.get("data") or {}).get("classes")
     if chosen:  # a pilot run on part of the label space
         only = frozenset(chosen)

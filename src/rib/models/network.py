@@ -198,25 +198,31 @@ def _load_error(name: str, err: Exception, weights_file) -> RibError:
 
 
 def fetch_timm(name: str, arch: str, out: str | os.PathLike, label_space: list[str],
-               weights_file: str | os.PathLike | None = None) -> None:
+               weights_file: str | os.PathLike | None = None, arch_kwargs: dict | None = None,
+               preprocessing: Preprocessing | None = None) -> None:
     """Save timm's pretrained ``arch`` as the rib checkpoint ``name``, with the model's own preprocessing.
 
     The weights come from timm's download (the Hugging Face hub; needs internet) or, with
-    ``weights_file``, from a local file of weights for that architecture.
+    ``weights_file``, from a local file of weights for that architecture. ``arch_kwargs`` resize the
+    architecture (a plugin's model: its head then has the label space's classes); ``preprocessing``
+    replaces timm's (a model for the 32-pixel images of rib-mini).
     """
     import timm
     from timm.data import resolve_data_config
 
+    arch_kwargs = dict(arch_kwargs or {})
     overlay = {"pretrained_cfg_overlay": {"file": str(weights_file)}} if weights_file else {}
+    if arch_kwargs and weights_file:  # a resized architecture has no published head: the file's is the suite's
+        overlay["pretrained_cfg_overlay"]["num_classes"] = len(label_space)
     try:
-        model = timm.create_model(arch, pretrained=True, **overlay)
+        model = timm.create_model(arch, pretrained=True, **overlay, **arch_kwargs)
     except Exception as err:  # hub, network, file and shape errors come in many types
         raise _load_error(name, err, weights_file) from None
     if model.num_classes != len(label_space):
         raise RibError(f"{name}: its head has {model.num_classes} classes, the suite's label space {len(label_space)}")
     cfg = resolve_data_config({}, model=model)
-    prep = from_timm_config(cfg)  # size, interpolation, crop_pct, crop_mode, mean, std
-    save(out, model, name=name, arch=arch, arch_kwargs={}, label_space=label_space, preprocessing=prep,
+    prep = preprocessing or from_timm_config(cfg)  # size, interpolation, crop_pct, crop_mode, mean, std
+    save(out, model, name=name, arch=arch, arch_kwargs=arch_kwargs, label_space=label_space, preprocessing=prep,
          meta={"kind": "pretrained", "weights": f"timm:{arch}", "weights_file": str(weights_file or ""),
                "parameters": count_parameters(model), "feature_dim": feature_dim(model)})
 
@@ -270,9 +276,11 @@ def fetch(spec, out: str | os.PathLike, label_space: list[str], weights_file: st
           device: str = "cpu") -> None:
     """Put a registry model's pretrained checkpoint at ``out`` (models/<suite>/<model>/pretrained.pt)."""
     if spec.source == "timm":
-        fetch_timm(spec.name, spec.arch, out, label_space, weights_file)
+        fetch_timm(spec.name, spec.arch, out, label_space, weights_file, arch_kwargs=spec.arch_kwargs,
+                   preprocessing=spec.preprocessing)
     elif spec.source == "file":
-        fetch_timm(spec.name, spec.arch, out, label_space, weights_file or spec.weights.split(":", 1)[1])
+        fetch_timm(spec.name, spec.arch, out, label_space, weights_file or spec.weights.split(":", 1)[1],
+                   arch_kwargs=spec.arch_kwargs, preprocessing=spec.preprocessing)
     elif spec.open_clip_folder:
         from . import clip
 

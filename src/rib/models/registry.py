@@ -288,12 +288,17 @@ def _folder_is_resnet(folder: str) -> bool:
 
 
 def models_for(params: dict) -> dict[str, ModelSpec]:
-    """The named models of the configuration's suite (prefixed names are resolved by get_model)."""
+    """The named models of the configuration's suite, the plugins' included (prefixed names are
+    resolved by get_model)."""
+    from .. import plugins
+
     if params["suite"] == "rib-mini":
-        return _mini_models(params)
-    if params["suite"] == "imagenet-rib":
-        return {**_paper_models(), **_local_models(params)}
-    return {}
+        specs = _mini_models(params)
+    elif params["suite"] == "imagenet-rib":
+        specs = {**_paper_models(), **_local_models(params)}
+    else:
+        specs = {}
+    return {**specs, **plugins.models(params)}
 
 
 def model_names(params: dict) -> list[str]:
