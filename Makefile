@@ -21,8 +21,8 @@ dvc: install  ## the same grid through DVC (dvc.yaml regenerated from params.yam
 	$(BIN)/python -m rib dvc
 	$(BIN)/python -m rib serve -- $(BIN)/dvc repro
 
-test: install  ## the whole test suite (unit tests and end-to-end Snakemake/DVC runs)
-	$(BIN)/python -m pytest
+test: install  ## the whole test suite (unit tests and end-to-end Snakemake/DVC runs), its files on 2 workers
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 clean:  ## remove pipeline outputs (not the virtual environment)
 	rm -rf data models checkpoints results reports logs .snakemake

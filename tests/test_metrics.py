@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pandas as pd
 import pytest
@@ -78,8 +79,28 @@ def test_tables_from_cells(tmp_path, tiny_params):
     for dft, value in (("sketch", 3.0), ("c", 1.0), ("r", 5.0)):
         write_record(tmp_path / grid.path("distance", suite="rib-mini", model=m, dataset=dft),
                    {"reference": "source", "otdd": value, "n": [10, 8]})
+    # effective robustness's baseline on c: the pretrained model (source 90 %, c 70 %) and two reference
+    # models on the line logit(c) = logit(source) + logit(0.7) - logit(0.9); no snapshots
+    shift = math.log(0.7 / 0.3) - math.log(0.9 / 0.1)
+    on_line = [(s_acc, 1 / (1 + math.exp(-(math.log(s_acc / (1 - s_acc)) + shift)))) for s_acc in (0.5, 0.75)]
+    reference = tmp_path / "reference.csv"
+    reference.write_text("model,source,c\n" + "".join(f"ref{i},{100 * a},{100 * b}\n" for i, (a, b) in enumerate(on_line)))
+    params["robustness"] = {"snapshots": 0, "reference": str(reference)}
     outs = {k: str(tmp_path / f"{k}.out") for k in grid.TABLES}
     aggregate.write_tables(params, outs, root=tmp_path)
+
+    # FT on sketch: source 80 %, c 60 %; the line expects sigmoid(logit(0.8) + shift) at 80 %
+    robust = pd.read_csv(outs["robustness"]).set_index("finetune_dataset")
+    expected = 1 / (1 + math.exp(-(math.log(0.8 / 0.2) + shift)))
+    assert robust.loc["sketch", "er_pre"] == pytest.approx(0.0, abs=1e-3)  # on the line it was fit on
+    assert robust.loc["sketch", "er_ft"] == pytest.approx(100 * (0.60 - expected), abs=1e-3)
+    assert robust.loc["sketch", "n_ood"] == 1  # c alone has a line; r has one point
+    lines = pd.read_csv(outs["baseline_lines"]).set_index("eval_dataset")
+    assert lines.loc["c", "n_points"] == 3 and lines.loc["c", "slope"] == pytest.approx(1.0, abs=1e-4)
+    assert "at least 3 models" in lines.loc["r", "note"]
+    reference.write_text("model,c\nref0,20\n")
+    with pytest.raises(ValueError, match="reference.csv: no model has a 'source' column"):
+        aggregate.write_tables(params, outs, root=tmp_path)
 
     cells = pd.read_csv(outs["cells"])
     assert len(cells) == 4 + 3 * 4  # one row per cell, pretrained cells included

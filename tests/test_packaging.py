@@ -40,7 +40,7 @@ def test_readme_opens_with_the_two_commands():
     assert commands == ["make run", "make test"]
     makefile = (REPO / "Makefile").read_text()
     assert re.search(r"^run: install.*\n\t\$\(BIN\)/snakemake --cores all$", makefile, re.MULTILINE)
-    assert re.search(r"^test: install.*\n\t\$\(BIN\)/python -m pytest$", makefile, re.MULTILINE)
+    assert re.search(r"^test: install.*\n\t\$\(BIN\)/python -m pytest -n 2 --dist loadfile$", makefile, re.MULTILINE)
 
 
 def test_ci_runs_the_readme_test_command():
