@@ -271,6 +271,21 @@ def _check_suite(what: str, suite) -> None:
         raise PluginError(f"{what}: unknown suite {suite!r} (one of {', '.join(suite_names())})")
 
 
+def _suite_entry(plugin: Plugin, kind: str, name, spec, suite, cls: type, argument: str, table: dict) -> str:
+    """The checks a model and a dataset share: the name, the suite, the object (one of ``cls`` or a
+    function of ``argument`` returning one), not another plugin's name. Returns the errors' prefix."""
+    _check_name(kind, name, plugin)
+    what = f"{plugin}: {kind} {name!r}"
+    _check_suite(what, suite)
+    if not (isinstance(spec, cls) or callable(spec)):
+        raise PluginError(f"{what}: expected a rib {cls.__name__} or a function of {argument} returning one, "
+                          f"got {type(spec).__name__}")
+    owner = table.get(suite, {}).get(name, (None, None))[1]
+    if owner is not None and owner.target != plugin.target:
+        raise PluginError(f"{what} is already registered by {owner}")
+    return what
+
+
 def register_model(name: str, spec, *, suite: str) -> None:
     """Add a pretrained model to ``suite``: a :class:`rib.models.registry.ModelSpec`, or a function
     of the params dict returning one (to follow settings such as ``synthetic.image_size``). Its
@@ -280,17 +295,9 @@ def register_model(name: str, spec, *, suite: str) -> None:
     from .models.registry import ModelSpec
 
     plugin = _origin("model")
-    _check_name("model", name, plugin)
-    what = f"{plugin}: model {name!r}"
-    _check_suite(what, suite)
-    if not (isinstance(spec, ModelSpec) or callable(spec)):
-        raise PluginError(f"{what}: expected a rib ModelSpec or a function of params returning one, "
-                          f"got {type(spec).__name__}")
+    what = _suite_entry(plugin, "model", name, spec, suite, ModelSpec, "params", _models)
     if name in _builtin_models(suite):
         raise PluginError(f"{what} is one of rib's own models of suite {suite!r}; register yours under another name")
-    owner = _models.get(suite, {}).get(name, (None, None))[1]
-    if owner is not None and owner.target != plugin.target:
-        raise PluginError(f"{what} is already registered by {owner}")
     if isinstance(spec, ModelSpec):
         _check_model(name, spec, plugin)
     _models.setdefault(suite, {})[name] = (spec, plugin)
@@ -352,15 +359,7 @@ def register_dataset(name: str, spec, *, suite: str) -> None:
     from .data.suites import DatasetSpec
 
     plugin = _origin("dataset")
-    _check_name("dataset", name, plugin)
-    what = f"{plugin}: dataset {name!r}"
-    _check_suite(what, suite)
-    if not (isinstance(spec, DatasetSpec) or callable(spec)):
-        raise PluginError(f"{what}: expected a rib DatasetSpec or a function of the suite returning one, "
-                          f"got {type(spec).__name__}")
-    owner = _datasets.get(suite, {}).get(name, (None, None))[1]
-    if owner is not None and owner.target != plugin.target:
-        raise PluginError(f"{what} is already registered by {owner}")
+    _suite_entry(plugin, "dataset", name, spec, suite, DatasetSpec, "the suite", _datasets)
     _datasets.setdefault(suite, {})[name] = (spec, plugin)
     _bump()
 
