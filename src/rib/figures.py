@@ -33,8 +33,9 @@ from .grid import FIGURE_FORMATS, FIGURES
 from .io import atomic_path
 
 PRE_COLOR = "#7f7f7f"
+# One colour per method: 15, the default grid's methods
 METHOD_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf",
-                 "#bcbd22", "#393b79", "#637939", "#843c39", "#7b4173", "#3182bd"]
+                 "#bcbd22", "#393b79", "#637939", "#843c39", "#7b4173", "#3182bd", "#e7ba52"]
 MARKERS = "osD^v<>pPX*h"
 
 
