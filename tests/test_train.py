@@ -315,26 +315,33 @@ def test_dataloader_workers_serve_every_epoch_and_give_the_same_weights(in_tiny_
 
 
 def test_pretraining_snapshots_survive_a_stop_and_are_evaluated(in_tiny_suite, tiny_pretrained, tmp_path):
-    """robustness.snapshots: the tiny grid's 6 pretraining epochs keep epochs 2, 3 and 4; a run stopped
-    after epoch 3 and resumed keeps the same snapshots, bit for bit, and rewrites none it kept."""
+    """robustness.snapshots: the tiny grid's 6 pretraining epochs keep epochs 2, 3 and 4. A run stopped
+    after epoch 3 keeps its snapshots beside its resume state, where no pipeline deletes them
+    (Snakemake and DVC remove a job's outputs, the snapshots' folder among them, before rerunning
+    it); resumed, it ends with the same snapshots as an unbroken run, bit for bit."""
+    import shutil
+
     from rib import steps
 
     root, params = in_tiny_suite
     kept = Path(tiny_pretrained).parent / "snapshots"
     assert sorted(p.name for p in kept.glob("*.pt")) == ["epoch-2.pt", "epoch-3.pt", "epoch-4.pt"]
+    assert not (Path(tiny_pretrained).parent / ".state-snapshots").exists()  # removed at the end
     snap = network.load(kept / "epoch-3.pt")
     assert (snap.meta["kind"], snap.meta["epoch"], snap.meta["epochs"]) == ("snapshot", 3, 6)
-    out, folder = tmp_path / "pretrained.pt", tmp_path / "snapshots"
-    (folder).mkdir()
-    (folder / "epoch-5.pt").write_bytes(b"from another setting")  # not one of this run's epochs: removed
+    out, folder, staged = tmp_path / "pretrained.pt", tmp_path / "snapshots", tmp_path / ".state-snapshots"
+    staged.mkdir()
+    (staged / "epoch-5.pt").write_bytes(b"from another setting")  # not one of this run's epochs: removed
     with pytest.raises(TrainingStopped):
         steps.pretrain(params, "mini_resnet.narrow", data="data/rib-mini/corpora/prepared/narrow", out=out,
                        snapshots=folder, progress=False, stop_after_epoch=3)
-    assert sorted(p.name for p in folder.glob("*.pt")) == ["epoch-2.pt", "epoch-3.pt"]
-    written = (folder / "epoch-2.pt").stat().st_mtime_ns
+    assert sorted(p.name for p in staged.glob("*.pt")) == ["epoch-2.pt", "epoch-3.pt"]
+    written = (staged / "epoch-2.pt").stat().st_mtime_ns
+    shutil.rmtree(folder, ignore_errors=True)  # what Snakemake does to a directory() output before the rerun
     steps.pretrain(params, "mini_resnet.narrow", data="data/rib-mini/corpora/prepared/narrow", out=out,
                    snapshots=folder, progress=False)
-    assert (folder / "epoch-2.pt").stat().st_mtime_ns == written
+    assert (folder / "epoch-2.pt").stat().st_mtime_ns == written  # kept from before the stop, not written again
+    assert not staged.exists() and not (tmp_path / "state.pt").exists()
     for name in ("epoch-2.pt", "epoch-3.pt", "epoch-4.pt"):
         a, b = network.load(kept / name).model.state_dict(), network.load(folder / name).model.state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a), name
@@ -343,5 +350,9 @@ def test_pretraining_snapshots_survive_a_stop_and_are_evaluated(in_tiny_suite, t
     assert [p["epoch"] for p in record["snapshots"]] == [2, 3, 4]
     assert all(set(p["top1"]) == {"source", "sketch", "c"} for p in record["snapshots"])
     assert json.loads((tmp_path / "snapshots.json").read_text())["model"] == "mini_resnet.narrow"
+    # a snapshot missing (moved aside as damaged) is an error, never a baseline of fewer points
+    (folder / "epoch-3.pt").unlink()
+    with pytest.raises(Exception, match=r"snapshots of epochs \[2, 4\], robustness.snapshots asks for \[2, 3, 4\]"):
+        steps.evaluate_snapshots(params, folder, out=tmp_path / "x.json", progress=False)
     with pytest.raises(Exception, match="no such folder of pretraining snapshots"):
         steps.evaluate_snapshots(params, tmp_path / "nowhere", out=tmp_path / "x.json")

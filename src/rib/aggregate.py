@@ -250,7 +250,8 @@ def robustness_tables(params: dict, cells: pd.DataFrame, root: str | os.PathLike
     pretrained = {m: dict(zip(g.eval_dataset, g.top1)) for m, g in pre.groupby("model", sort=False)}
     snapshots = [read_record(Path(root) / grid.path("snapshot_cells", suite=params["suite"], model=m))
                  for m in grid.snapshot_models(params)]
-    reference = robustness.read_reference(settings["reference"]) if settings["reference"] else None
+    # the reference table: relative to the project folder, as the pipeline's other files under root
+    reference = robustness.read_reference(Path(root) / settings["reference"]) if settings["reference"] else None
     if reference is not None and not any(source in acc for acc in reference.values()):
         raise ValueError(f"{settings['reference']}: no model has a {source!r} column (grid.source: the "
                          "pretraining-domain accuracy every baseline point needs)")

@@ -231,6 +231,8 @@ def effective_robustness(cells: pd.DataFrame, baseline: pd.DataFrame, lines: pd.
         raise ValueError(f"effective robustness: no results for fine-tuning dataset {dataset!r}")
     scale = lines.scale.iloc[0] if len(lines) else "logit"
     panels = [d for d in lines.eval_dataset if d != dataset]
+    if not panels:
+        raise ValueError(f"effective robustness: no OOD dataset besides the fine-tuning dataset {dataset!r}")
     id_col = baseline.columns[4]  # the ID dataset: the first accuracy column
     methods = list(dict.fromkeys(sel.method))
     models = list(dict.fromkeys(sel.model))

@@ -255,7 +255,9 @@ class _Training:
 
 
 def _train_and_save(params: dict, run: _Training, *, out: str, state: str | None, device, cache, progress: bool,
-                    stop_after_epoch: int | None, on_epoch_end=None) -> str:
+                    stop_after_epoch: int | None, on_epoch_end=None, before_done=None) -> str:
+    """Train, save the checkpoint at ``out``, call ``before_done`` and only then remove the resume
+    state (a run killed before the end resumes, at worst after its last epoch)."""
     from .data.cache import find as find_cache
     from .data.labels import LabelProjection
     from .data.loading import open_dataset
@@ -285,6 +287,8 @@ def _train_and_save(params: dict, run: _Training, *, out: str, state: str | None
             "train_seconds": round(time.time() - t0, 3), **provenance(device)}
     network.save(out, final, name=run.spec_name, arch=run.arch, arch_kwargs=run.arch_kwargs,
                  label_space=run.label_space, preprocessing=run.prep, meta=meta, wrapper=wrapper)
+    if before_done is not None:
+        before_done()
     Path(state).unlink(missing_ok=True)
     log.info("saved %s", out)
     return out
@@ -327,31 +331,70 @@ def pretrain(params: Params, model: str, *, data: PathLike | None = None, out: P
                     get_method("ft", {**schedule, "entry": "pretrain"}), str(data), None, schedule, params["seed"],
                     {"kind": "pretrained", "method": "pretrain", "corpus": corpus, "suite": suite.name,
                      "parameters": network.count_parameters(net), "feature_dim": network.feature_dim(net)})
-    keep = _snapshot_writer(run, Path(snapshots), snapshot_epochs(params, corpus)) if snapshots else None
-    return _train_and_save(params, run, out=str(out), state=state and str(state), device=device, cache=None,
-                           progress=progress, stop_after_epoch=stop_after_epoch, on_epoch_end=keep)
+    if not snapshots:
+        return _train_and_save(params, run, out=str(out), state=state and str(state), device=device, cache=None,
+                               progress=progress, stop_after_epoch=stop_after_epoch)
+    epochs = snapshot_epochs(params, corpus)
+    run.meta["snapshot_epochs"] = epochs  # in the run's fingerprint: a state kept without them is not resumed
+    state = Path(state or Path(out).with_name("state.pt"))
+    snaps = _Snapshots(run, Path(snapshots), state.with_name(f".{state.stem}-snapshots"), epochs)
+    written = _train_and_save(params, run, out=str(out), state=str(state), device=device, cache=None,
+                              progress=progress, stop_after_epoch=stop_after_epoch, on_epoch_end=snaps.keep,
+                              before_done=snaps.publish)
+    snaps.clean()
+    return written
 
 
-def _snapshot_writer(run: _Training, folder: Path, epochs: list[int]):
-    """The model at each of ``epochs`` saved into ``folder`` as a checkpoint of kind ``snapshot``
-    (a resumed run keeps the ones it wrote before; files of other epochs are removed)."""
-    from .models import network
+class _Snapshots:
+    """Pretraining's snapshots (robustness.snapshots): the model at each of ``epochs``, a checkpoint
+    of kind ``snapshot``. They are written into ``staged``, a folder beside the resume state that no
+    pipeline deletes (Snakemake and DVC remove a job's outputs before running it again), so a run
+    stopped and resumed has all of them; the finished run copies them into ``folder``, its output,
+    before the resume state goes, and removes ``staged`` last."""
 
-    folder.mkdir(parents=True, exist_ok=True)
-    wanted = {SNAPSHOT_FILE.format(epoch=e) for e in epochs}
-    for old in folder.glob(SNAPSHOT_FILE.format(epoch="*")):
-        if old.name not in wanted:
-            old.unlink()
+    def __init__(self, run: _Training, folder: Path, staged: Path, epochs: list[int]):
+        self.run, self.folder, self.staged, self.epochs = run, folder, staged, epochs
+        self.names = [SNAPSHOT_FILE.format(epoch=e) for e in epochs]
+        staged.mkdir(parents=True, exist_ok=True)
+        for old in staged.glob(SNAPSHOT_FILE.format(epoch="*")):  # of other settings
+            if old.name not in self.names:
+                old.unlink()
 
-    def keep(epoch: int, module) -> None:
-        if epoch in epochs:
-            meta = {**run.meta, "kind": "snapshot", "epoch": epoch, "epochs": run.schedule["epochs"],
-                    "seed": run.seed}
-            network.save(folder / SNAPSHOT_FILE.format(epoch=epoch), module, name=run.spec_name, arch=run.arch,
+    def keep(self, epoch: int, module) -> None:
+        from .models import network
+
+        if epoch in self.epochs:
+            run = self.run
+            meta = {**run.meta, "kind": "snapshot", "epoch": epoch, "epochs": run.schedule["epochs"], "seed": run.seed}
+            network.save(self.staged / SNAPSHOT_FILE.format(epoch=epoch), module, name=run.spec_name, arch=run.arch,
                          arch_kwargs=run.arch_kwargs, label_space=run.label_space, preprocessing=run.prep, meta=meta)
-            log.info("kept the snapshot of epoch %d in %s", epoch, folder)
+            log.info("kept the snapshot of epoch %d", epoch)
 
-    return keep
+    def publish(self) -> None:
+        import shutil
+
+        missing = [n for n in self.names if not (self.staged / n).exists()]
+        if missing:
+            raise RibError(f"{self.staged}: the snapshots {', '.join(missing)} are missing; delete that folder and "
+                           "the resume state beside it to pretrain again")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for old in self.folder.glob(SNAPSHOT_FILE.format(epoch="*")):
+            if old.name not in self.names:
+                old.unlink()
+        for name in self.names:
+            tmp = self.folder / f".{name}.partial"
+            tmp.unlink(missing_ok=True)
+            try:
+                os.link(self.staged / name, tmp)
+            except OSError:  # another file system
+                shutil.copy2(self.staged / name, tmp)
+            os.replace(tmp, self.folder / name)
+        log.info("%d snapshot(s) in %s", len(self.names), self.folder)
+
+    def clean(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.staged, ignore_errors=True)
 
 
 def _check_init(path, *, entry: str, init_entry: str, dataset: str, pretrained_sha: str):
@@ -505,9 +548,11 @@ def evaluate_snapshots(params: Params, snapshots: PathLike, datasets: list[PathL
     effective robustness (:mod:`rib.robustness`)."""
     import re
 
+    from .config import snapshot_epochs
     from .evaluate import evaluate_checkpoint
     from .io import sha256_file, write_record
     from .models import network
+    from .models.registry import canonical_name, get_model
     from .provenance import provenance
 
     params = load_params(params)
@@ -516,6 +561,15 @@ def evaluate_snapshots(params: Params, snapshots: PathLike, datasets: list[PathL
         raise MissingFileError(f"{folder}: no such folder of pretraining snapshots (rib pretrain --snapshots)")
     files = sorted(folder.glob(SNAPSHOT_FILE.format(epoch="*")),
                    key=lambda p: int(re.sub(r"\D", "", p.stem) or 0))
+    # every epoch robustness.snapshots asks for, no more (a snapshot moved aside as damaged is rebuilt
+    # by pretraining again, never left out of the baseline unnoticed)
+    found = [int(re.sub(r"\D", "", p.stem) or 0) for p in files]
+    owner = network.load(str(files[0])).name if files else canonical_name(folder.parent.name)
+    corpus = get_model(owner, params).pretrain_corpus
+    wanted = snapshot_epochs(params, corpus) if corpus else found
+    if found != wanted:
+        raise RibError(f"{folder}: snapshots of epochs {found or 'none'}, robustness.snapshots asks for "
+                       f"{wanted or 'none'}; pretrain {owner} again (rib pretrain --snapshots)")
     device = _torch_setup(params, threads)
     prepared = _eval_datasets(params, datasets)
     points, name = [], None

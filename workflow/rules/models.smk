@@ -22,6 +22,7 @@ if PRETRAINED:
         params:
             schedule=PARAMS.get("pretrain"),
             seed=PARAMS["seed"],
+            snapshots=rib_config.robustness_settings(PARAMS)["snapshots"],  # which epochs are kept
             command=job_command("pretrain"),  # its resume state (beside the output) is not an output: a failed job keeps it
         threads: THREADS
         resources:

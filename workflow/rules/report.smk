@@ -30,6 +30,8 @@ rule aggregate:
         baseline_lines=report(PAT["baseline_lines"], caption="../report/baseline_lines.rst", category="Tables"),
     log:
         f"{LOGS}/aggregate.log",
+    params:
+        robustness=rib_config.robustness_settings(PARAMS),  # the baseline's axes and reference models
     conda:
         CONDA_ENV
     shell:
