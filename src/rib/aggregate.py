@@ -237,6 +237,9 @@ def leak_free_table(summary: pd.DataFrame) -> pd.DataFrame:
     return summary[["model", "method", "finetune_dataset", *LEAK_FREE_COLUMNS, "mri"]]
 
 
+ROBUSTNESS_TABLES = ("robustness", "robustness_cells", "baseline", "baseline_lines")  # written as CSV
+
+
 def robustness_tables(params: dict, cells: pd.DataFrame, root: str | os.PathLike = ".") -> dict:
     """Effective robustness before and after fine-tuning (:func:`rib.robustness.tables`), its
     baseline fit on the grid's pretrained models, their pretraining snapshots (``rib
@@ -331,11 +334,11 @@ def write_tables(params: dict, out_paths: dict[str, str], root: str | os.PathLik
           + to_markdown(distances))
     with atomic_path(out_paths["summary_md"]) as tmp:
         tmp.write_text(md)
-    for key in ("robustness", "robustness_cells", "baseline", "baseline_lines"):
+    for key in ROBUSTNESS_TABLES:
         write_csv(er[key], out_paths[key])
     er_md, er_tex = robustness_text(er, params["suite"])
     for key, text in (("robustness_md", er_md), ("robustness_tex", er_tex)):
         with atomic_path(out_paths[key]) as tmp:
             tmp.write_text(text)
-    return {**{k: er[k] for k in ("robustness", "robustness_cells", "baseline", "baseline_lines")},"cells": cells, "metrics": table, "summary": summary, "methods_summary": by_method, "sweeps": sweeps,
+    return {**{k: er[k] for k in ROBUSTNESS_TABLES},"cells": cells, "metrics": table, "summary": summary, "methods_summary": by_method, "sweeps": sweeps,
             "ri_matrix": matrix, "corruptions": corruption, "distances": distances}

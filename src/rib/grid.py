@@ -56,6 +56,9 @@ TABLES = ("cells", "metrics", "summary", "summary_md", "summary_tex", "methods_s
           "robustness_tex", "baseline", "baseline_lines")
 
 
+# The tables `rib figures` draws from (what the figures job reads).
+FIGURE_TABLES = ("metrics", "summary", "sweeps", "distances", "ri_matrix", "robustness_cells", "baseline",
+                 "baseline_lines")
 FIGURES = ("radar", "bar", "ri_heatmap", "ood_scatter", "wise_curve", "otdd_scatter", "effective_robustness")
 FIGURE_FORMATS = ("png", "pdf")
 

@@ -68,6 +68,15 @@ def atomic_path(path: str | os.PathLike, what: str = "file") -> Iterator[Path]:
             tmp.unlink()
 
 
+def link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """``dst`` as a hard link to ``src`` (no second copy of a large file when both lie on one file
+    system), else a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def write_error(path: str | os.PathLike, what: str, err: Exception) -> RibError:
     """The one-line error for a write that failed (a full disk, most often): what, where, how much
     space is left, and that the file written before is untouched."""

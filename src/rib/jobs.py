@@ -359,9 +359,9 @@ class Graph:
         cells = tuple(cell.path(self.name) for cell in grid.cells(self.params))
         distances = tuple(grid.path("distance", suite=self.name, model=m, dataset=d)
                           for m, d in grid.distance_jobs(self.params))
-        snapshots = tuple(grid.path("snapshot_cells", suite=self.name, model=m) for m in grid.snapshot_models(self.params))
         from .config import robustness_settings
 
+        snapshots = tuple(grid.path("snapshot_cells", suite=self.name, model=m) for m in grid.snapshot_models(self.params))
         reference = robustness_settings(self.params)["reference"]
         focus = self.params["report"]["focus_method"]
         return Job("aggregate", "aggregate", None, {}, "aggregate",
@@ -380,8 +380,7 @@ class Graph:
 
     def _figures(self) -> Job:
         figures = grid.figure_paths(self.name)
-        tables = tuple(grid.path(k, suite=self.name) for k in ("metrics", "summary", "sweeps", "distances", "ri_matrix",
-                                                                "robustness_cells", "baseline", "baseline_lines"))
+        tables = tuple(grid.path(k, suite=self.name) for k in grid.FIGURE_TABLES)
         return Job("figures", "figures", None, {}, "figures", (Dep(None, ("src/rib/figures.py",)), Dep("tables", tables)),
                    tuple(f for f in figures if f.endswith(".pdf")), files=tuple(figures), params=("report",),
                    dvc_extra={"plots": [f for f in figures if f.endswith(".png")]})

@@ -324,17 +324,23 @@ def _check_model(name: str, spec, plugin: Plugin):
     return spec
 
 
+def _made_by(factory: Callable, argument, what: str):
+    """What a plugin's function returns for ``argument`` (the params, or the suite); whatever it
+    raises becomes one PluginError line, prefixed by ``what``."""
+    try:
+        return factory(argument)
+    except PluginError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the plugin's function failed
+        raise PluginError(f"{what}: its function failed: {_one_line(err)}") from None
+
+
 def models(params: dict) -> dict:
     """The plugins' models of the params' suite, by name (functions called with ``params``)."""
     out = {}
     for name, (spec, plugin) in _models.get(params.get("suite"), {}).items():
         if callable(spec):
-            try:
-                spec = spec(params)
-            except PluginError:
-                raise
-            except Exception as err:  # noqa: BLE001 - the plugin's function failed
-                raise PluginError(f"{plugin}: model {name!r}: its function failed: {_one_line(err)}") from None
+            spec = _made_by(spec, params, f"{plugin}: model {name!r}")
         out[name] = _check_model(name, spec, plugin)
     return out
 
@@ -376,12 +382,7 @@ def extend_suite(suite):
             raise PluginError(f"{what} is one of suite {suite.name!r}'s own datasets; register yours under "
                               "another name")
         if callable(spec):
-            try:
-                spec = spec(suite)
-            except PluginError:
-                raise
-            except Exception as err:  # noqa: BLE001 - the plugin's function failed
-                raise PluginError(f"{what}: its function failed: {_one_line(err)}") from None
+            spec = _made_by(spec, suite, what)
         added[name] = _check_dataset(name, spec, suite, what)
     return replace(suite, datasets={**suite.datasets, **added})
 

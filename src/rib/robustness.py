@@ -247,9 +247,8 @@ def tables(cells, points: Sequence[Mapping], id_dataset: str, ood_datasets: Sequ
     for (model, method, dft), g in cell_table.groupby(["model", "method", "finetune_dataset"], sort=False):
         ood = g[(g.role == "ood") & g.er_pre.notna()]
         summary.append({"model": model, "method": method, "finetune_dataset": dft, "id_pre": g.id_pre.iloc[0],
-                        "id_ft": g.id_ft.iloc[0], "er_pre": ood.er_pre.mean() if len(ood) else math.nan,
-                        "er_ft": ood.er_ft.mean() if len(ood) else math.nan,
-                        "er_change": ood.er_change.mean() if len(ood) else math.nan, "n_ood": len(ood)})
+                        "id_ft": g.id_ft.iloc[0], "er_pre": ood.er_pre.mean(), "er_ft": ood.er_ft.mean(),
+                        "er_change": ood.er_change.mean(), "n_ood": len(ood)})  # NaN where no dataset has a line
     datasets = [id_dataset, *ood_datasets]
     baseline = pd.DataFrame([{"label": p["label"], "kind": p["kind"], "model": p["model"], "epoch": p["epoch"],
                               **{d: 100 * p["accuracy"][d] if d in p["accuracy"] else math.nan for d in datasets}}

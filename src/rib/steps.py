@@ -371,7 +371,7 @@ class _Snapshots:
             log.info("kept the snapshot of epoch %d", epoch)
 
     def publish(self) -> None:
-        import shutil
+        from .io import atomic_path, link_or_copy
 
         missing = [n for n in self.names if not (self.staged / n).exists()]
         if missing:
@@ -382,13 +382,8 @@ class _Snapshots:
             if old.name not in self.names:
                 old.unlink()
         for name in self.names:
-            tmp = self.folder / f".{name}.partial"
-            tmp.unlink(missing_ok=True)
-            try:
-                os.link(self.staged / name, tmp)
-            except OSError:  # another file system
-                shutil.copy2(self.staged / name, tmp)
-            os.replace(tmp, self.folder / name)
+            with atomic_path(self.folder / name, "snapshot") as tmp:
+                link_or_copy(self.staged / name, tmp)
         log.info("%d snapshot(s) in %s", len(self.names), self.folder)
 
     def clean(self) -> None:
@@ -559,36 +554,33 @@ def evaluate_snapshots(params: Params, snapshots: PathLike, datasets: list[PathL
     folder = Path(snapshots)
     if not folder.is_dir():
         raise MissingFileError(f"{folder}: no such folder of pretraining snapshots (rib pretrain --snapshots)")
-    files = sorted(folder.glob(SNAPSHOT_FILE.format(epoch="*")),
-                   key=lambda p: int(re.sub(r"\D", "", p.stem) or 0))
+    files = {int(re.sub(r"\D", "", p.stem) or 0): p for p in folder.glob(SNAPSHOT_FILE.format(epoch="*"))}
+    found = sorted(files)
+    snaps = [network.load(str(files[e])) for e in found]
+    # the model: the snapshots' own, else (pretraining had too few epochs for any) the folder's
+    name = snaps[0].name if snaps else canonical_name(folder.parent.name)
     # every epoch robustness.snapshots asks for, no more (a snapshot moved aside as damaged is rebuilt
     # by pretraining again, never left out of the baseline unnoticed)
-    found = [int(re.sub(r"\D", "", p.stem) or 0) for p in files]
-    owner = network.load(str(files[0])).name if files else canonical_name(folder.parent.name)
-    corpus = get_model(owner, params).pretrain_corpus
+    corpus = get_model(name, params).pretrain_corpus
     wanted = snapshot_epochs(params, corpus) if corpus else found
     if found != wanted:
         raise RibError(f"{folder}: snapshots of epochs {found or 'none'}, robustness.snapshots asks for "
-                       f"{wanted or 'none'}; pretrain {owner} again (rib pretrain --snapshots)")
+                       f"{wanted or 'none'}; pretrain {name} again (rib pretrain --snapshots)")
     device = _torch_setup(params, threads)
     prepared = _eval_datasets(params, datasets)
-    points, name = [], None
-    for path in files:
-        ckpt = network.load(str(path))
-        meta = ckpt.meta
+    points = []
+    for epoch, ckpt in zip(found, snaps):
+        path, meta = files[epoch], ckpt.meta
         if meta.get("kind") != "snapshot":
             raise RibError(f"{path}: a checkpoint of kind {meta.get('kind')!r}, not a pretraining snapshot")
-        if name is not None and ckpt.name != name:
+        if ckpt.name != name:
             raise RibError(f"{path}: a snapshot of {ckpt.name!r} among the snapshots of {name!r}")
-        name = ckpt.name
         records = evaluate_checkpoint(ckpt.model, ckpt.label_space, ckpt.preprocessing, prepared, finetuned_on=None,
                                       **_eval_settings(params, device, cache, progress))
         points.append({"epoch": meta["epoch"], "epochs": meta.get("epochs"), "checkpoint": str(path),
                        "checkpoint_sha256": sha256_file(path),
                        "top1": {d.name: r["top1"] for d, r in zip(prepared, records)},
                        "n": {d.name: r["n"] for d, r in zip(prepared, records)}})
-    if name is None:  # pretraining had too few epochs for any snapshot
-        name = folder.parent.name
     record = {"suite": params["suite"], "model": name, "kind": "snapshots", "scoring": params["evaluate"]["scoring"],
               "snapshots": points, "manifest_sha256": {d.name: d.info["manifest_sha256"] for d in prepared},
               **provenance(device)}
@@ -770,8 +762,7 @@ def figures(params: Params) -> list:
 
     params = load_params(params)
     suite = params["suite"]
-    tables = {k: grid.path(k, suite=suite) for k in ("metrics", "summary", "sweeps", "distances", "ri_matrix",
-                                                      "robustness_cells", "baseline", "baseline_lines")}
+    tables = {k: grid.path(k, suite=suite) for k in grid.FIGURE_TABLES}
     written = draw.draw_all(tables, params["report"], lambda name, ext: grid.path("figure", suite=suite,
                                                                                   figure=name, ext=ext))
     log.info("%d figures written under reports/%s/figures", len(written), suite)

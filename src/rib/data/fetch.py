@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import RibError
-from ..io import atomic_dir
+from ..io import atomic_dir, link_or_copy
 from .archives import extract, is_archive
 from .download import download, verify
 from .imagenet_val import official_files, sort_into_classes
@@ -61,13 +61,6 @@ def fetch(spec: DatasetSpec, out_dir: str | os.PathLike, *, downloads: str | os.
     return {"images": len(found.records), "classes": len(found.classes), "archives": [str(p) for p in paths]}
 
 
-def _link_or_copy(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst)  # no second copy of a large dataset when source and target share a file system
-    except OSError:
-        shutil.copy2(src, dst)
-
-
 def add(spec: DatasetSpec, path: str | os.PathLike, out_dir: str | os.PathLike, *, label_space: tuple[str, ...],
         show_progress: bool = True) -> dict:
     """Ingest a user-supplied folder or archive of the dataset into ``out_dir``.
@@ -86,7 +79,7 @@ def add(spec: DatasetSpec, path: str | os.PathLike, out_dir: str | os.PathLike, 
         if official:  # ILSVRC2012_img_val.tar and its devkit: torchvision sorts the images into classes
             sort_into_classes(*official, tmp)
         elif path.is_dir():
-            shutil.copytree(path, tmp, dirs_exist_ok=True, copy_function=_link_or_copy)
+            shutil.copytree(path, tmp, dirs_exist_ok=True, copy_function=link_or_copy)
         elif is_archive(path):
             known = {a.filename: a for a in (spec.source.archives if spec.source else ())}
             if path.name in known:
